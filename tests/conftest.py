@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny data sets made on the fly (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lpr.data.synth import generate
+
+SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic plate set: 16 train and 6 val images."""
+    out = tmp_path_factory.mktemp("synth") / "plates"
+    generate(out, train=16, val=6, seed=3)
+    return out
+
+
+def write_coco(
+    root: Path, images: list[dict], annotations: list[dict], categories: list[dict], draw: bool = True
+) -> Path:
+    """Write a COCO JSON under ``root`` and (optionally) blank images of the stated sizes."""
+    root.mkdir(parents=True, exist_ok=True)
+    if draw:
+        for im in images:
+            cv2.imwrite(str(root / im["file_name"]), np.full((im["height"], im["width"], 3), 128, np.uint8))
+    path = root / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
