@@ -1,0 +1,145 @@
+"""A log line every N steps: losses, lr, speed, memory and the ETA of the whole run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+
+import lightning as L
+import psutil
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger("lpr.progress")
+
+
+def format_eta(seconds: float) -> str:
+    """``93784`` -> ``"1d 02h 03m 04s"``; negatives clamp to 0, non-finite values give ``"?"``."""
+    if not math.isfinite(seconds):
+        return "?"
+    total = max(0, round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}d {hours:02d}h {minutes:02d}m {secs:02d}s"
+
+
+def _memory() -> str:
+    process = psutil.Process()
+    rss = process.memory_info().rss
+    for child in process.children(recursive=True):  # DataLoader workers
+        with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
+            rss += child.memory_info().rss
+    text = f"RAM {psutil.virtual_memory().percent:.0f}% rss {rss / 2**30:.1f}G"
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        text += f" | GPU {100 * (total - free) / total:.0f}%"
+    else:
+        text += " | GPU -/-"
+    return text
+
+
+class ProgressLog(Callback):
+    """Every ``every_n_steps`` optimizer steps, one line like::
+
+        epoch 1/24 step 120/3600 | loss 1.234 loss_classifier 0.3 ... | lr 1.0e-03 |
+        0.42 s/it (data 0.01) | RAM 41% rss 2.1G | GPU -/- | ETA 0d 01h 23m 45s
+
+    The ETA covers the rest of training plus the validations still to come,
+    timed from this process (so it is right after a resume too).
+
+    Args:
+        every_n_steps: log interval in optimizer steps.
+
+    Raises:
+        ValueError: if ``every_n_steps < 1``.
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._batch_end = self._batch_start = None
+        self._step_times: list[float] = []
+        self._data_times: list[float] = []
+        self._train_seconds = 0.0
+        self._train_steps = 0
+        self._val_start = 0.0
+        self._val_seconds: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._batch_end = time.perf_counter()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        self._batch_start = time.perf_counter()
+        if self._batch_end is not None:
+            self._data_times.append(self._batch_start - self._batch_end)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        now = time.perf_counter()
+        if self._batch_start is not None:
+            step_time = now - self._batch_start + (self._data_times[-1] if self._data_times else 0.0)
+            self._step_times.append(step_time)
+            if self._train_steps > 0:  # the first step pays for warm-up: keep it out of the rate
+                self._train_seconds += step_time
+            self._train_steps += 1
+        self._batch_end = now
+        if trainer.global_step % self.every_n_steps == 0 or trainer.global_step == trainer.max_steps:
+            self._log_line(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val_seconds = time.perf_counter() - self._val_start
+        self._batch_end = time.perf_counter()  # validation time is not data time
+
+    def eta_seconds(self, trainer: L.Trainer) -> float:
+        """Seconds left: remaining steps at the measured rate plus the remaining validations."""
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or self._train_steps < 2:
+            return math.nan
+        remaining = max(0, int(total) - trainer.global_step)
+        seconds = remaining * self._train_seconds / (self._train_steps - 1)
+        if self._val_seconds is not None and trainer.num_training_batches:
+            every = trainer.val_check_batch if isinstance(trainer.val_check_batch, int) else 0
+            every *= trainer.check_val_every_n_epoch or 1
+            if every:
+                seconds += (remaining // every) * self._val_seconds
+        return seconds
+
+    @rank_zero_only
+    def _log_line(self, trainer: L.Trainer) -> None:
+        metrics = trainer.callback_metrics
+        losses = " ".join(
+            f"{k.split('/', 1)[1]} {float(v):.4f}" for k, v in metrics.items() if k.startswith("train/loss")
+        )
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        step_time = sum(self._step_times) / max(1, len(self._step_times))
+        data_time = sum(self._data_times) / max(1, len(self._data_times))
+        self._step_times.clear()
+        self._data_times.clear()
+        total = trainer.estimated_stepping_batches
+        total_text = str(int(total)) if math.isfinite(total) else "?"
+        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
+        log.info(
+            "epoch %d/%s step %d/%s | %s | lr %.2e | %.2f s/it (data %.2f) | %s | ETA %s",
+            trainer.current_epoch + 1,
+            max_epochs,
+            trainer.global_step,
+            total_text,
+            losses,
+            lr,
+            step_time,
+            data_time,
+            _memory(),
+            format_eta(self.eta_seconds(trainer)),
+        )

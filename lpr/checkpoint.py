@@ -1,0 +1,106 @@
+"""Load an lpr checkpoint: model, classes and config from the file alone."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lpr.models.module import MaskRCNNModule
+
+
+class CheckpointError(ValueError):
+    """A file is missing, truncated, or not an lpr checkpoint."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What :func:`load` returns.
+
+    Attributes:
+        model: the torchvision Mask R-CNN, in eval mode.
+        module: the LightningModule around it.
+        classes: class names in label order (label ``i + 1`` is ``classes[i]``).
+        config: the resolved run configuration stored at training time.
+        meta: the whole ``checkpoint["lpr"]`` dict (versions, monitor, created...).
+        path: the file it came from.
+    """
+
+    model: nn.Module
+    module: MaskRCNNModule
+    classes: list[str]
+    config: dict
+    meta: dict
+    path: Path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """``torch.load(weights_only=True)`` with errors that name the file and the problem.
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, or not an lpr checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        size = path.stat().st_size
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) cannot be read: truncated or corrupt ({type(e).__name__}: "
+            f"{reason}). Use another checkpoint, e.g. last.ckpt or a best file."
+        ) from None
+    if (
+        not isinstance(ckpt, dict)
+        or "lpr" not in ckpt
+        or "state_dict" not in ckpt
+        or "hyper_parameters" not in ckpt
+    ):
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} is not an lpr checkpoint: it lacks the 'lpr', 'state_dict' and 'hyper_parameters' keys "
+            f"(found {keys}). A bare state_dict lacks the class list and model config lpr needs: "
+            "use a checkpoint written by lpr.train."
+        )
+    return ckpt
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model of an lpr checkpoint, with no conf/ dir and no data set.
+
+    Args:
+        path: a ``.ckpt`` written by ``lpr.train``.
+        map_location: device for the weights.
+
+    Returns:
+        A :class:`LoadedCheckpoint` whose ``model`` is in eval mode.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not an lpr checkpoint, or its
+            weights do not fit the model its own config describes.
+    """
+    ckpt = read_checkpoint(path, map_location)
+    module = MaskRCNNModule(**ckpt["hyper_parameters"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not fit the model its config describes: {e}"
+        ) from None
+    module.eval().to(map_location)
+    meta = ckpt["lpr"]
+    return LoadedCheckpoint(
+        model=module.model,
+        module=module,
+        classes=list(meta.get("classes", module.classes)),
+        config=meta.get("config", {}),
+        meta=meta,
+        path=Path(path),
+    )

@@ -1,0 +1,114 @@
+"""The LightningModule: torchvision Mask R-CNN, its losses, optimizer and schedule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists, so hyperparameters load with ``weights_only=True``."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class MaskRCNNModule(L.LightningModule):
+    """Mask R-CNN for plates: the network is built from ``net`` with ``len(classes) + 1`` outputs.
+
+    Args:
+        classes: class names in label order (label ``i + 1`` is ``classes[i]``),
+            taken from the data set, never written in config.
+        net: ``_target_`` config of the network builder (e.g.
+            :func:`lpr.models.maskrcnn.build_maskrcnn`); ``num_classes`` is added here.
+        optimizer: ``_target_`` config of a ``torch.optim`` optimizer
+            (``params`` is added here; norm and bias parameters get no weight decay).
+        scheduler: ``_target_`` config of a schedule taking ``(optimizer, total_steps=...)``
+            (see :mod:`lpr.models.schedules`), stepped every optimizer step; ``None`` for none.
+
+    Example:
+        >>> optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
+        >>> module = MaskRCNNModule(classes=["0", "1"], net=net_cfg, optimizer=optimizer)
+    """
+
+    def __init__(
+        self,
+        classes: list[str],
+        net: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+    ) -> None:
+        super().__init__()
+        classes, net, optimizer, scheduler = plain(classes), plain(net), plain(optimizer), plain(scheduler)
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be a non-empty list of unique names, got {classes}")
+        self.save_hyperparameters()
+        self.classes: list[str] = list(classes)
+        self.model = instantiate(net, num_classes=len(classes) + 1, _convert_="all")
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections for float CHW images in [0, 1]: dicts of ``boxes`` (xyxy), ``labels``, ``scores``,
+        ``masks`` (``(N, 1, H, W)`` float probabilities)."""
+        return self.model(images)
+
+    def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}): {detail}. Lower model.optimizer.lr or lengthen the warm-up."
+            )
+        batch_size = len(images)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for key, value in losses.items():
+            self.log(f"train/{key}", value, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> list[dict]:
+        images, targets = batch
+        outputs = self.model(images)
+        self.update_metrics(outputs, targets)
+        return outputs
+
+    def update_metrics(self, outputs: list[dict], targets: list[dict]) -> None:
+        """Validation metrics hook: receives detections and ground truth of each validation batch."""
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict]:
+        images = batch[0] if isinstance(batch, tuple | list) and isinstance(batch[0], list) else batch
+        return self.model(images)
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for module in self.model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+                (no_decay if is_norm or name == "bias" else decay).append(param)
+        optimizer = instantiate(
+            self.hparams.optimizer,
+            params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+            _convert_="all",
+        )
+        if not self.hparams.scheduler:
+            return {"optimizer": optimizer}
+        scheduler = instantiate(
+            self.hparams.scheduler,
+            optimizer=optimizer,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,139 @@
+"""Training: ``python -m lpr.train +experiment=plate`` (Hydra), or ``train(cfg)`` from Python."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lpr.callbacks.checkpoint import CheckpointMetadata
+from lpr.checkpoint import read_checkpoint
+from lpr.models.module import MaskRCNNModule
+from lpr.models.transfer import transfer_weights
+
+log = logging.getLogger("lpr.train")
+
+
+def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
+    """One ``_target_`` config, or a dict of named ones (Hydra-template style), as a list of objects."""
+    if not cfg:
+        return []
+    if "_target_" in cfg:
+        obj = instantiate(cfg, _convert_="all")
+        return obj if isinstance(obj, list) else [obj]
+    return [o for c in cfg.values() if c for o in _instantiate_all(c)]
+
+
+def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    if cfg.get("ckpt_path") in (None, ""):
+        return None
+    if cfg.ckpt_path == "last":
+        path = Path(cfg.checkpoint.dirpath) / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {path} does not exist: set paths.output_dir to the run to resume "
+                "or give the checkpoint file itself"
+            )
+        return str(path)
+    return str(cfg.ckpt_path)
+
+
+def build_module(cfg: DictConfig, classes: list[str], ckpt_path: str | None) -> MaskRCNNModule:
+    """The LightningModule: from the checkpoint's own hyperparameters on resume, else from ``cfg.model``."""
+    if ckpt_path:
+        ckpt = read_checkpoint(ckpt_path)
+        hparams = dict(ckpt["hyper_parameters"])
+        if list(hparams["classes"]) != list(classes):
+            raise ValueError(
+                f"cannot resume {ckpt_path}: it was trained on classes {hparams['classes']} but the data set "
+                f"has {classes}. To train on a new class list, start a new run with init_from={ckpt_path}"
+            )
+        log.info("Resuming %s with the model config stored in it", ckpt_path)
+        return MaskRCNNModule(**hparams)
+    module = instantiate(cfg.model, classes=classes, _recursive_=False)
+    if cfg.get("init_from"):
+        src = read_checkpoint(cfg.init_from)
+        report = transfer_weights(src["state_dict"], src["lpr"]["classes"], module, classes)
+        log.info(
+            "init_from %s: carried over %d classes %s; new (initialised) %s; not in this data set %s",
+            cfg.init_from,
+            len(report["carried"]),
+            report["carried"],
+            report["new"],
+            report["dropped"],
+        )
+        if report["skipped"]:
+            log.info("init_from: %d tensors not copied (shape or name differs)", len(report["skipped"]))
+    return module
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit a model as ``cfg`` says; returns the final metrics and the objects built.
+
+    ``ckpt_path`` resumes (the model comes from the checkpoint's own config), ``init_from``
+    fine-tunes onto the current data set's classes.
+
+    Returns:
+        ``(metrics, objects)``: ``trainer.callback_metrics`` as floats, and
+        ``{"cfg", "datamodule", "model", "trainer", "callbacks"}``.
+    """
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # validates the data set now, before any model is built
+    classes = datamodule.classes
+
+    ckpt_path = _resolve_ckpt_path(cfg)
+    module = build_module(cfg, classes, ckpt_path)
+
+    callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
+    callbacks += _instantiate_all(cfg.get("checkpoint"))
+    callbacks.append(CheckpointMetadata(plain_cfg))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer_cfg = cfg.trainer.copy()
+    if trainer_cfg.get("enable_progress_bar") is None:  # a bar for people, not for log files
+        with open_dict(trainer_cfg):
+            trainer_cfg.enable_progress_bar = sys.stderr.isatty()
+    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+    log.info("Output: %s", output_dir)
+    for lg in loggers:
+        log.info("Logs (%s): %s", type(lg).__name__, lg.log_dir)
+    log.info("Checkpoints: %s", cfg.checkpoint.dirpath)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return metrics, {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "model": module,
+        "trainer": trainer,
+        "callbacks": callbacks,
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = train(cfg)
+    monitor = cfg.checkpoint.get("monitor")
+    key = monitor if isinstance(monitor, str) else (monitor[0] if monitor else None)
+    return metrics.get(key) if key else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Training end to end on the real composed config, shrunk by debug=fast."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lpr.data.synth import PLATE_CLASSES
+from lpr.models.transfer import CLASS_HEADS
+from lpr.train import build_module, train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_cfg(tmp: Path, *overrides: str):
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "+experiment=plate",
+                "debug=fast",
+                f"paths.output_dir={tmp}",
+                f"paths.data_dir={tmp.parent / 'data'}",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """One debug=fast training run shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("fast") / "run"
+    cfg = compose_cfg(out)
+    logger = logging.getLogger("lpr.progress")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        metrics, objects = train(cfg)
+    finally:
+        logger.removeHandler(handler)
+    return out, metrics, objects, [r.getMessage() for r in records]
+
+
+def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
+    out, metrics, objects, lines = fast_run
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "best-train_loss.ckpt").is_file()
+    assert (out / "config.yaml").is_file()
+    assert objects["trainer"].global_step == 12  # 12 images / batch 2 x 2 epochs
+    assert "train/loss" in metrics
+
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for key in ("train/loss", "train/loss_classifier", "train/loss_mask", "train/lr"):
+        assert key in tags
+    assert len(acc.Scalars("train/loss")) >= 10
+
+    eta = [line for line in lines if re.search(r"ETA \d+d \d{2}h \d{2}m \d{2}s$", line)]
+    assert len(eta) >= 4
+    assert all(
+        re.search(r"epoch \d/2 step \d+/12 \| loss .* \| lr .* s/it \(data .*\) \| RAM", line) for line in eta
+    )
+
+
+def test_checkpoint_is_self_describing_and_weights_only(fast_run):
+    out, *_ = fast_run
+    best = torch.load(out / "checkpoints" / "best-train_loss.ckpt", weights_only=True)
+    meta = best["lpr"]
+    assert meta["classes"] == list(PLATE_CLASSES)
+    assert meta["monitor"]["key"] == "train/loss" and isinstance(meta["monitor"]["value"], float)
+    assert set(meta["versions"]) == {"lpr", "torch", "torchvision", "lightning"}
+    assert meta["config"]["model"]["optimizer"]["lr"] == pytest.approx(1e-3)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["lpr"]["monitor"] is None  # last.ckpt is not a best file
+
+
+def test_checkpoint_loads_in_a_fresh_process_from_elsewhere(fast_run, tmp_path):
+    out, *_ = fast_run
+    code = (
+        "import json, sys; from lpr.checkpoint import load; r = load(sys.argv[1]); "
+        "print(json.dumps({'out': r.model.roi_heads.box_predictor.cls_score.out_features, "
+        "'classes': r.classes, 'training': r.model.training}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out / "checkpoints" / "last.ckpt")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"out": 22, "classes": list(PLATE_CLASSES), "training": False}
+
+
+def test_resume_continues_steps_with_the_checkpoints_model_config(fast_run):
+    out, *_ = fast_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    # conf/ "changed" since: a different head width; resume must keep the checkpoint's (512).
+    cfg = compose_cfg(
+        out.parent / "resumed",
+        f"ckpt_path={ckpt}",
+        "trainer.max_epochs=3",
+        "model.net.representation_size=64",
+    )
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == 18
+    assert objects["model"].model.roi_heads.box_head.fc7.out_features == 512
+
+
+def _rows(state: dict, classes: list[str], name: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for head, rows in CLASS_HEADS.items():
+        for kind in ("weight", "bias"):
+            tensor = state[f"model.{head}.{kind}"]
+            out[f"{head}.{kind}"] = tensor[
+                (classes.index(name) + 1) * rows : (classes.index(name) + 2) * rows
+            ]
+    return out
+
+
+@pytest.mark.parametrize(
+    "new_classes",
+    [list(reversed(PLATE_CLASSES)), ["l_board", "7", "x_new", "a", "r_m_n"]],
+    ids=["reordered", "reduced"],
+)
+def test_init_from_carries_head_rows_by_class_name(fast_run, new_classes):
+    out, *_ = fast_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    source = torch.load(ckpt, weights_only=True)["state_dict"]
+    cfg = compose_cfg(out.parent / "finetune", f"init_from={ckpt}")
+    module = build_module(cfg, new_classes, None)
+    state = module.state_dict()
+    assert module.model.roi_heads.box_predictor.cls_score.out_features == len(new_classes) + 1
+    for name in new_classes:
+        if name not in PLATE_CLASSES:
+            continue
+        mine, theirs = _rows(state, new_classes, name), _rows(source, list(PLATE_CLASSES), name)
+        for key in mine:
+            assert torch.equal(mine[key], theirs[key]), f"{name}: {key}"
+    for head, rows in CLASS_HEADS.items():  # background row kept
+        assert torch.equal(state[f"model.{head}.weight"][:rows], source[f"model.{head}.weight"][:rows])
+    key = "model.backbone.fpn.inner_blocks.0.0.weight"
+    assert torch.equal(state[key], source[key])
+
+
+def test_resume_refuses_other_classes(fast_run, tmp_path):
+    out, *_ = fast_run
+    cfg = compose_cfg(tmp_path)
+    with pytest.raises(ValueError, match="init_from="):
+        build_module(cfg, ["0", "1"], str(out / "checkpoints" / "last.ckpt"))
