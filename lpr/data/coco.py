@@ -1,0 +1,128 @@
+"""A COCO instances data set in the torchvision detection contract."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from lpr.data.validate import bbox_xywh_to_xyxy, class_names, load_coco_json, validate_coco
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons or RLE the COCO way: a ``(height, width)`` uint8 mask."""
+    if isinstance(segmentation, list):
+        rles = mask_utils.frPyObjects(segmentation, height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as an RGB uint8 ``(H, W, 3)`` array.
+
+    Raises:
+        OSError: the file is missing or cannot be decoded.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read image {path} (missing, corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class CocoInstances(Dataset):
+    """Images and instance annotations from a COCO JSON file.
+
+    Each item is ``(image, target)``: ``image`` a float ``(3, H, W)`` tensor in
+    [0, 1]; ``target`` a dict with ``boxes`` (``(N, 4)`` float xyxy pixels),
+    ``labels`` (``(N,)`` int64 in ``1..len(classes)``), ``masks`` (``(N, H, W)``
+    uint8), ``iscrowd`` (``(N,)`` bool) and ``image_id`` (int). Crowd regions
+    are kept for evaluation (they are "ignore" areas) and dropped from the
+    losses by the model; images with no annotations are kept as negatives.
+
+    Args:
+        ann_file: COCO instances JSON (polygons or RLE).
+        image_root: folder the ``file_name`` of each image is relative to.
+        transforms: a ``torchvision.transforms.v2`` transform applied to
+            ``(tv_tensors.Image, target)``; ``None`` for none.
+        check_images: passed to :func:`lpr.data.validate.validate_coco`.
+
+    Raises:
+        DataValidationError: the JSON or the images break the contract (see
+            :func:`lpr.data.validate.validate_coco`).
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_root: str | Path,
+        transforms: Callable | None = None,
+        *,
+        check_images: str = "full",
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.transforms = transforms
+        self.coco = load_coco_json(self.ann_file)
+        validate_coco(self.coco, self.image_root, source=str(self.ann_file), check_images=check_images)
+        self.classes = class_names(self.coco)
+        self._label_of = {c["id"]: i + 1 for i, c in enumerate(sorted(self.coco["categories"], key=lambda c: c["id"]))}
+        self.images = self.coco["images"]
+        self._anns: dict[int, list[dict]] = defaultdict(list)
+        for ann in self.coco["annotations"]:
+            self._anns[ann["image_id"]].append(ann)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def annotations(self, index: int) -> list[dict]:
+        """The raw COCO annotations of image ``index`` (crowd ones included)."""
+        return self._anns.get(self.images[index]["id"], [])
+
+    def load_target(self, index: int) -> dict[str, Any]:
+        """The target of image ``index`` as tv_tensors, before transforms."""
+        info = self.images[index]
+        h, w = info["height"], info["width"]
+        anns = self.annotations(index)
+        masks = np.zeros((len(anns), h, w), dtype=np.uint8)
+        for i, ann in enumerate(anns):
+            masks[i] = decode_segmentation(ann["segmentation"], h, w)
+        boxes = bbox_xywh_to_xyxy([a["bbox"] for a in anns])
+        return {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(h, w)),
+            "labels": torch.tensor([self._label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
+            "image_id": int(info["id"]),
+        }
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        info = self.images[index]
+        array = read_image_rgb(self.image_root / info["file_name"])
+        image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
+        target = self.load_target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        if not image.is_floating_point():
+            image = F.to_dtype(image, torch.float32, scale=True)
+        # Plain tensors from here on: the model and collate need no tv_tensors behaviour.
+        target = {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+        return image.as_subclass(torch.Tensor), target
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Detection batches are lists: images may differ in size, targets in instance count."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -1,0 +1,125 @@
+"""The LightningDataModule: COCO splits, transforms, loaders, and the class list."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from lpr.data.coco import CocoInstances, collate
+from lpr.data.validate import DataValidationError, class_names, load_coco_json
+
+log = logging.getLogger(__name__)
+
+
+class CocoDataModule(L.LightningDataModule):
+    """Train/val splits of a COCO data set; owns ``classes`` (the one source of truth).
+
+    Args:
+        root: data set folder; the paths below are relative to it unless absolute.
+        train_json: training annotations.
+        val_json: validation annotations.
+        image_root: folder of the training images' ``file_name``.
+        val_image_root: folder of the validation images (default: ``image_root``).
+        batch_size: images per training batch (validation uses the same).
+        num_workers: DataLoader worker processes.
+        train_transforms: ``torchvision.transforms.v2`` transform for training.
+        val_transforms: transform for validation (usually ``None``).
+        synthesize: keyword arguments of :func:`lpr.data.synth.generate`
+            (``train``, ``val``, ``seed``, ...). When given and ``root`` has no
+            ``train_json`` yet, the synthetic set is generated there first.
+        check_images: how deeply images are checked at setup
+            (``"full"``, ``"header"`` or ``"none"``).
+
+    Raises:
+        DataValidationError: at ``setup`` when a split breaks the data contract,
+            or when train and val disagree on their categories.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        train_json: str = "train.json",
+        val_json: str = "val.json",
+        image_root: str = "images",
+        val_image_root: str | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        train_transforms: Callable | None = None,
+        val_transforms: Callable | None = None,
+        synthesize: dict | None = None,
+        check_images: str = "full",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.root = Path(root)
+        self.train_json = self.root / train_json
+        self.val_json = self.root / val_json
+        self.image_root = self.root / image_root
+        self.val_image_root = self.root / val_image_root if val_image_root else self.image_root
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_transforms = train_transforms
+        self.val_transforms = val_transforms
+        self.synthesize = dict(synthesize) if synthesize else None
+        self.check_images = check_images
+        self.train_set: CocoInstances | None = None
+        self.val_set: CocoInstances | None = None
+        self._classes: list[str] | None = None
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic set on first use (Lightning runs this once per node)."""
+        if self.synthesize is None or self.train_json.is_file():
+            return
+        from lpr.data.synth import generate
+
+        log.info("Synthetic data set not found at %s: generating it (%s)", self.root, self.synthesize)
+        generate(self.root, progress=True, **self.synthesize)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names sorted by category id; label ``i + 1`` is ``classes[i]``."""
+        if self._classes is None:
+            self._classes = class_names(load_coco_json(self.train_json))
+        return self._classes
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = CocoInstances(
+                self.train_json, self.image_root, self.train_transforms, check_images=self.check_images
+            )
+        if stage in ("fit", "validate", None) and self.val_set is None:
+            self.val_set = CocoInstances(
+                self.val_json, self.val_image_root, self.val_transforms, check_images=self.check_images
+            )
+        for split in (self.train_set, self.val_set):
+            if split is not None and split.classes != self.classes:
+                raise DataValidationError(
+                    f"{split.ann_file} has categories {split.classes} but {self.train_json} has "
+                    f"{self.classes}: every split must share one class list"
+                )
+
+    def _loader(self, dataset: CocoInstances | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a DataLoader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

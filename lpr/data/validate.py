@@ -1,0 +1,168 @@
+"""Check a COCO instances file before any training starts (DESIGN.md §3).
+
+Every problem found is collected, and one ``ValueError`` lists them, naming the
+file, image and annotation ids, so a user can fix the data set in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+BOX_TOLERANCE = 1.0  # pixels: annotation tools round coordinates
+MAX_LISTED = 20
+
+
+class DataValidationError(ValueError):
+    """A data set does not satisfy the COCO contract lpr relies on."""
+
+
+def load_coco_json(path: str | Path) -> dict:
+    """Read a COCO JSON file; a missing file or a syntax error gives a clear ``DataValidationError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"annotation file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataValidationError(
+            f"annotation file {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataValidationError(f"annotation file {path} is not UTF-8 text: {e}") from None
+    if not isinstance(data, dict):
+        raise DataValidationError(f"annotation file {path}: expected a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataValidationError(f"annotation file {path}: missing or non-list '{key}'")
+    return data
+
+
+def _duplicates(items: list[dict], key: str) -> list:
+    return [k for k, n in Counter(item.get(key) for item in items).items() if n > 1]
+
+
+def _check_segmentation(seg, ann_id, width: int, height: int) -> str | None:
+    if isinstance(seg, list):
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) % 2 or len(poly) < 6:
+                n = len(poly) / 2 if isinstance(poly, list) else "?"
+                return f"annotation {ann_id}: polygon with {n} points (need >= 3 (x, y) pairs)"
+        return None
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and "counts" in seg):
+            return f"annotation {ann_id}: RLE segmentation needs 'size' [h, w] and 'counts'"
+        if list(size) != [height, width]:
+            return f"annotation {ann_id}: RLE size {size} differs from the image size [{height}, {width}]"
+        return None
+    return f"annotation {ann_id}: segmentation must be a list of polygons or an RLE dict"
+
+
+def _image_problem(path: Path, width: int, height: int, full: bool) -> str | None:
+    if not path.is_file():
+        return f"image {path} does not exist"
+    if full:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            return f"image {path} cannot be decoded (corrupt or not an image)"
+        h, w = image.shape[:2]
+    else:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception as e:  # PIL raises many types for unreadable files
+            return f"image {path} cannot be read: {e}"
+    if (w, h) != (width, height):
+        return f"image {path} is {w}x{h} but the JSON says {width}x{height}"
+    return None
+
+
+def validate_coco(
+    data: dict, image_root: str | Path, *, source: str = "<json>", check_images: str = "full"
+) -> None:
+    """Raise one ``DataValidationError`` listing every problem of a COCO data set.
+
+    Args:
+        data: the parsed COCO instances JSON.
+        image_root: folder the images' ``file_name`` is relative to.
+        source: the JSON file name, for messages.
+        check_images: ``"full"`` decodes every image (finds truncated files),
+            ``"header"`` only reads sizes, ``"none"`` skips image files.
+
+    Raises:
+        DataValidationError: empty split, duplicate ids, unknown category or image ids,
+            bad polygons/RLE, boxes outside the image, missing or unreadable images.
+    """
+    if check_images not in ("full", "header", "none"):
+        raise ValueError(f"check_images must be 'full', 'header' or 'none', got {check_images!r}")
+    problems: list[str] = []
+    images, annotations, categories = data["images"], data["annotations"], data["categories"]
+    if not images:
+        raise DataValidationError(f"{source}: the split is empty (no images)")
+    if not categories:
+        problems.append("no categories")
+    for what, items in (("image", images), ("annotation", annotations), ("category", categories)):
+        if dup := _duplicates(items, "id"):
+            problems.append(f"duplicate {what} ids: {dup[:10]}")
+    if dup := _duplicates(categories, "name"):
+        problems.append(f"duplicate category names: {dup[:10]}")
+
+    cat_ids = {c.get("id") for c in categories}
+    by_id = {im.get("id"): im for im in images}
+    for im in images:
+        if not isinstance(im.get("width"), int) or not isinstance(im.get("height"), int) or not im.get("file_name"):
+            problems.append(f"image {im.get('id')}: needs integer 'width', 'height' and a 'file_name'")
+    for ann in annotations:
+        aid = ann.get("id")
+        im = by_id.get(ann.get("image_id"))
+        if im is None:
+            problems.append(f"annotation {aid}: unknown image_id {ann.get('image_id')}")
+            continue
+        if ann.get("category_id") not in cat_ids:
+            problems.append(f"annotation {aid} ({im.get('file_name')}): unknown category id {ann.get('category_id')}")
+        w, h = im.get("width", 0), im.get("height", 0)
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+            problems.append(f"annotation {aid} ({im.get('file_name')}): bbox must be [x, y, w, h], got {bbox}")
+        else:
+            x, y, bw, bh = bbox
+            if bw <= 0 or bh <= 0:
+                problems.append(f"annotation {aid} ({im.get('file_name')}): empty box {bbox}")
+            elif x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + bw > w + BOX_TOLERANCE or y + bh > h + BOX_TOLERANCE:
+                problems.append(
+                    f"annotation {aid} ({im.get('file_name')}): box {bbox} lies outside the {w}x{h} image"
+                )
+        if "segmentation" not in ann:
+            problems.append(f"annotation {aid} ({im.get('file_name')}): no segmentation")
+        elif msg := _check_segmentation(ann["segmentation"], aid, w, h):
+            problems.append(f"{msg} ({im.get('file_name')})")
+
+    if check_images != "none" and not problems:
+        root = Path(image_root)
+        jobs = [(root / im["file_name"], im["width"], im["height"]) for im in images]
+        with ThreadPoolExecutor(4) as pool:  # cv2 releases the GIL while decoding
+            found = pool.map(lambda j: _image_problem(*j, full=check_images == "full"), jobs)
+            problems += [p for p in found if p]
+
+    if problems:
+        listed = "\n  - ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataValidationError(f"{source}: {len(problems)} problem(s) in the data set:\n  - {listed}{more}")
+
+
+def class_names(data: dict) -> list[str]:
+    """The class list: category names sorted by category id (label = index + 1)."""
+    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+
+def bbox_xywh_to_xyxy(bboxes: list[list[float]]) -> np.ndarray:
+    b = np.asarray(bboxes, dtype=np.float32).reshape(-1, 4)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
