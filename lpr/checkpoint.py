@@ -57,12 +57,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} ({size} bytes) cannot be read: truncated or corrupt ({type(e).__name__}: "
             f"{reason}). Use another checkpoint, e.g. last.ckpt or a best file."
         ) from None
-    if (
-        not isinstance(ckpt, dict)
-        or "lpr" not in ckpt
-        or "state_dict" not in ckpt
-        or "hyper_parameters" not in ckpt
-    ):
+    if not isinstance(ckpt, dict) or "lpr" not in ckpt or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
             f"{path} is not an lpr checkpoint: it lacks the 'lpr', 'state_dict' and 'hyper_parameters' keys "
@@ -91,9 +86,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint {path}: weights do not fit the model its config describes: {e}"
-        ) from None
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the model its config describes: {e}") from None
     module.eval().to(map_location)
     meta = ckpt["lpr"]
     return LoadedCheckpoint(

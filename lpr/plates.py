@@ -97,12 +97,7 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
 
 def _inside(points: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Which ``points (N,2)`` lie inside ``box`` (borders included)."""
-    return (
-        (points[:, 0] >= box[0])
-        & (points[:, 0] <= box[2])
-        & (points[:, 1] >= box[1])
-        & (points[:, 1] <= box[3])
-    )
+    return (points[:, 0] >= box[0]) & (points[:, 0] <= box[2]) & (points[:, 1] >= box[1]) & (points[:, 1] <= box[3])
 
 
 def read_boards(

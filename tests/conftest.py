@@ -3,15 +3,51 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
 from lpr.data.synth import generate
+from lpr.train import train
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_cfg(tmp: Path, *overrides: str):
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "+experiment=plate",
+                "debug=fast",
+                f"paths.output_dir={tmp}",
+                f"paths.data_dir={tmp.parent / 'data'}",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="session")
+def fast_run(tmp_path_factory):
+    """One ``+experiment=plate debug=fast`` run, shared by the tests that inspect its outputs."""
+    out = tmp_path_factory.mktemp("fast") / "run"
+    cfg = compose_cfg(out)
+    logger = logging.getLogger("lpr")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        metrics, objects = train(cfg)
+    finally:
+        logger.removeHandler(handler)
+    return out, metrics, objects, [r.getMessage() for r in records]
 
 
 @pytest.fixture(scope="session")

@@ -76,9 +76,7 @@ def test_dataset_contract_polygon_rle_and_negative(tmp_path):
 
 def test_transforms_move_boxes_and_masks_together(synth_dir):
     shift = v2.RandomAffine(degrees=0, translate=(0.2, 0.2), scale=(0.8, 1.2))
-    ds = CocoInstances(
-        synth_dir / "train.json", synth_dir / "images", v2.Compose([shift, v2.SanitizeBoundingBoxes()])
-    )
+    ds = CocoInstances(synth_dir / "train.json", synth_dir / "images", v2.Compose([shift, v2.SanitizeBoundingBoxes()]))
     torch.manual_seed(0)
     for i in range(4):
         _, target = ds[i]

@@ -3,86 +3,77 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lpr.data.synth import PLATE_CLASSES
 from lpr.models.transfer import CLASS_HEADS
 from lpr.train import build_module, train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def compose_cfg(tmp: Path, *overrides: str):
-    with initialize_config_dir(CONF, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "+experiment=plate",
-                "debug=fast",
-                f"paths.output_dir={tmp}",
-                f"paths.data_dir={tmp.parent / 'data'}",
-                *overrides,
-            ],
-        )
-
-
-@pytest.fixture(scope="module")
-def fast_run(tmp_path_factory):
-    """One debug=fast training run shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("fast") / "run"
-    cfg = compose_cfg(out)
-    logger = logging.getLogger("lpr.progress")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        metrics, objects = train(cfg)
-    finally:
-        logger.removeHandler(handler)
-    return out, metrics, objects, [r.getMessage() for r in records]
+VAL_TAGS = [
+    "val/mAP",
+    "val/mAP_50",
+    "val/segm_mAP",
+    "val/segm_mAP_50",
+    "val/dv_mAP",
+    "val/dv_mAP_50",
+    "val/dv_mAP_75",
+    "val/EIR",
+    "val/plate_precision",
+]
 
 
 def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
     out, metrics, objects, lines = fast_run
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "checkpoints" / "best-train_loss.ckpt").is_file()
     assert (out / "config.yaml").is_file()
     assert objects["trainer"].global_step == 12  # 12 images / batch 2 x 2 epochs
-    assert "train/loss" in metrics
+    assert "train/loss" in metrics and set(VAL_TAGS) <= set(metrics)
 
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    for key in ("train/loss", "train/loss_classifier", "train/loss_mask", "train/lr"):
+    for key in ("train/loss", "train/loss_classifier", "train/loss_mask", "train/lr", *VAL_TAGS):
         assert key in tags
     assert len(acc.Scalars("train/loss")) >= 10
+    assert [e.step for e in acc.Scalars("val/EIR")] == [5, 11]  # one point per validation (each epoch)
+
+    summaries = [line for line in lines if line.startswith("validation at epoch")]
+    assert len(summaries) == 2 and "dv_mAP_50" in summaries[0] and "EIR" in summaries[0]
 
     eta = [line for line in lines if re.search(r"ETA \d+d \d{2}h \d{2}m \d{2}s$", line)]
     assert len(eta) >= 4
-    assert all(
-        re.search(r"epoch \d/2 step \d+/12 \| loss .* \| lr .* s/it \(data .*\) \| RAM", line) for line in eta
-    )
+    assert all(re.search(r"epoch \d/2 step \d+/12 \| loss .* \| lr .* s/it \(data .*\) \| RAM", line) for line in eta)
+
+
+def test_best_checkpoints_per_watched_key_record_key_and_value(fast_run):
+    out, _, objects, _ = fast_run
+    for key, name in (("val/EIR", "best-val_EIR.ckpt"), ("val/dv_mAP", "best-val_dv_mAP.ckpt")):
+        meta = torch.load(out / "checkpoints" / name, weights_only=True)["lpr"]
+        callback = next(c for c in objects["callbacks"] if getattr(c, "monitor", None) == key)
+        assert meta["monitor"] == {"key": key, "value": float(callback.best_model_score), "mode": "max"}
+
+
+def test_checkpoint_monitor_from_the_command_line(tmp_path):
+    cfg = compose_cfg(tmp_path, "checkpoint.monitor=val/mAP", "data.synthesize.train=4", "trainer.max_epochs=1")
+    train(cfg)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-val_mAP.ckpt", "last.ckpt"]
 
 
 def test_checkpoint_is_self_describing_and_weights_only(fast_run):
     out, *_ = fast_run
-    best = torch.load(out / "checkpoints" / "best-train_loss.ckpt", weights_only=True)
+    best = torch.load(out / "checkpoints" / "best-val_EIR.ckpt", weights_only=True)
     meta = best["lpr"]
     assert meta["classes"] == list(PLATE_CLASSES)
-    assert meta["monitor"]["key"] == "train/loss" and isinstance(meta["monitor"]["value"], float)
+    assert meta["monitor"]["key"] == "val/EIR" and isinstance(meta["monitor"]["value"], float)
     assert set(meta["versions"]) == {"lpr", "torch", "torchvision", "lightning"}
     assert meta["config"]["model"]["optimizer"]["lr"] == pytest.approx(1e-3)
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
@@ -127,9 +118,7 @@ def _rows(state: dict, classes: list[str], name: str) -> dict[str, torch.Tensor]
     for head, rows in CLASS_HEADS.items():
         for kind in ("weight", "bias"):
             tensor = state[f"model.{head}.{kind}"]
-            out[f"{head}.{kind}"] = tensor[
-                (classes.index(name) + 1) * rows : (classes.index(name) + 2) * rows
-            ]
+            out[f"{head}.{kind}"] = tensor[(classes.index(name) + 1) * rows : (classes.index(name) + 2) * rows]
     return out
 
 

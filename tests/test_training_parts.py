@@ -60,9 +60,7 @@ def test_warmup_then_cosine_and_steps():
 
 
 def test_checkpoint_policy_infers_modes_and_validates():
-    cbs = checkpoint_callbacks(
-        dirpath="x", monitor=["val/EIR", "val/loss"], every_n_epochs=2, keep_epochs=[3]
-    )
+    cbs = checkpoint_callbacks(dirpath="x", monitor=["val/EIR", "val/loss"], every_n_epochs=2, keep_epochs=[3])
     best = [c for c in cbs if c.monitor]
     assert [(c.monitor, c.mode) for c in best] == [("val/EIR", "max"), ("val/loss", "min")]
     assert len({c.state_key for c in cbs}) == len(cbs)
@@ -87,9 +85,7 @@ def test_non_finite_loss_stops_training_with_step_and_losses(synth_dir):
         limit_val_batches=0,
         enable_model_summary=False,
     )
-    with pytest.raises(
-        FloatingPointError, match=r"non-finite training loss at global step 0 .*loss_classifier="
-    ):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at global step 0 .*loss_classifier="):
         trainer.fit(module, datamodule=dm)
 
 
@@ -103,7 +99,5 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     truncated = tmp_path / "cut.ckpt"
     torch.save({"lpr": {}, "state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
-    with pytest.raises(
-        CheckpointError, match=r"cut\.ckpt \(300 bytes\) cannot be read: truncated or corrupt"
-    ):
+    with pytest.raises(CheckpointError, match=r"cut\.ckpt \(300 bytes\) cannot be read: truncated or corrupt"):
         load(truncated)

@@ -60,9 +60,7 @@ class EpochListCheckpoint(ModelCheckpoint):
     def __init__(self, keep_epochs: Sequence[int], **kwargs: Any) -> None:
         if any(int(e) < 1 for e in keep_epochs):
             raise ValueError(f"keep_epochs are 1-based epoch numbers, got {list(keep_epochs)}")
-        super().__init__(
-            monitor=None, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True, **kwargs
-        )
+        super().__init__(monitor=None, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True, **kwargs)
         self.keep_epochs = sorted({int(e) for e in keep_epochs})
 
     @property
@@ -127,9 +125,7 @@ def checkpoint_callbacks(
     ]
     if save_last:
         callbacks.append(
-            ModelCheckpoint(
-                dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=last_every_n_train_steps
-            )
+            ModelCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=last_every_n_train_steps)
         )
     if every_n_epochs or every_n_train_steps:
         callbacks.append(

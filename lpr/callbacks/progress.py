@@ -73,16 +73,12 @@ class ProgressLog(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._batch_end = time.perf_counter()
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
         if self._batch_end is not None:
             self._data_times.append(self._batch_start - self._batch_end)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
-    ) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._batch_start is not None:
             step_time = now - self._batch_start + (self._data_times[-1] if self._data_times else 0.0)

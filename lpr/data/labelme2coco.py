@@ -91,28 +91,36 @@ def convert(
         for image_id, idx in enumerate(indices, start=1):
             path, data = records[idx]
             image_path = (path.parent / data.get("imagePath", path.with_suffix(".jpg").name)).resolve()
-            images.append({
-                "id": image_id,
-                "file_name": os.path.relpath(image_path, root.resolve()),
-                "width": int(data["imageWidth"]),
-                "height": int(data["imageHeight"]),
-            })
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": os.path.relpath(image_path, root.resolve()),
+                    "width": int(data["imageWidth"]),
+                    "height": int(data["imageHeight"]),
+                }
+            )
             for shape in data["shapes"]:
                 polygon = _shape_polygon(shape)
                 if polygon is None:
-                    log.warning("%s: skipped shape %r of type %r (only polygon and rectangle are converted)",
-                                path, shape.get("label"), shape.get("shape_type"))
+                    log.warning(
+                        "%s: skipped shape %r of type %r (only polygon and rectangle are converted)",
+                        path,
+                        shape.get("label"),
+                        shape.get("shape_type"),
+                    )
                     continue
                 xs, ys = polygon[0::2], polygon[1::2]
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": category_id[shape["label"]],
-                    "segmentation": [polygon],
-                    "area": _polygon_area(polygon),
-                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
-                    "iscrowd": 0,
-                })
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": category_id[shape["label"]],
+                        "segmentation": [polygon],
+                        "area": _polygon_area(polygon),
+                        "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                        "iscrowd": 0,
+                    }
+                )
         out[split] = {
             "images": images,
             "annotations": annotations,

@@ -163,7 +163,7 @@ def _render_plate(
         xi, yi = round(x), round(y)
         roi = canvas[yi : yi + gh, xi : xi + gw]
         roi += alpha[..., None] * (text - roi)
-        polygons = [(c + (xi, yi)).ravel().tolist() for c in _glyph_contours(alpha)]
+        polygons = [(c + np.array([xi, yi])).ravel().tolist() for c in _glyph_contours(alpha)]
         instances.append(Instance(char, polygons))
 
     prefix = kind[0]
@@ -205,9 +205,7 @@ def _warp_instances(instances: list[Instance], homography: np.ndarray) -> list[I
     return out
 
 
-def _paste_plate(
-    image: np.ndarray, canvas: np.ndarray, quad: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _paste_plate(image: np.ndarray, canvas: np.ndarray, quad: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Warp ``canvas`` onto ``quad`` in ``image`` (in place); returns the canvas->image homography."""
     h, w = canvas.shape[:2]
     # Shrink first with area interpolation: warping a 4x larger canvas directly aliases thin strokes.
@@ -353,7 +351,15 @@ def _make_one(args: tuple[int, str, int, int, int, str | None, str]) -> tuple[st
 
 
 def _write_split(
-    out: Path, split: str, count: int, *, seed: int, width: int, height: int, font: str | None, workers: int,
+    out: Path,
+    split: str,
+    count: int,
+    *,
+    seed: int,
+    width: int,
+    height: int,
+    font: str | None,
+    workers: int,
     progress: bool,
 ) -> Path:
     image_dir = out / "images"
@@ -439,8 +445,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes")
     args = parser.parse_args(argv)
     paths = generate(
-        args.out, train=args.train, val=args.val, seed=args.seed, width=args.width, height=args.height,
-        font=args.font, workers=args.workers, progress=True,
+        args.out,
+        train=args.train,
+        val=args.val,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        font=args.font,
+        workers=args.workers,
+        progress=True,
     )
     print(f"wrote {paths['train']} ({args.train} images), {paths['val']} ({args.val} images)")
 

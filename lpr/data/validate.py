@@ -85,9 +85,7 @@ def _image_problem(path: Path, width: int, height: int, full: bool) -> str | Non
     return None
 
 
-def validate_coco(
-    data: dict, image_root: str | Path, *, source: str = "<json>", check_images: str = "full"
-) -> None:
+def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>", check_images: str = "full") -> None:
     """Raise one ``DataValidationError`` listing every problem of a COCO data set.
 
     Args:
@@ -137,9 +135,7 @@ def validate_coco(
             if bw <= 0 or bh <= 0:
                 problems.append(f"annotation {aid} ({im.get('file_name')}): empty box {bbox}")
             elif x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + bw > w + BOX_TOLERANCE or y + bh > h + BOX_TOLERANCE:
-                problems.append(
-                    f"annotation {aid} ({im.get('file_name')}): box {bbox} lies outside the {w}x{h} image"
-                )
+                problems.append(f"annotation {aid} ({im.get('file_name')}): box {bbox} lies outside the {w}x{h} image")
         if "segmentation" not in ann:
             problems.append(f"annotation {aid} ({im.get('file_name')}): no segmentation")
         elif msg := _check_segmentation(ann["segmentation"], aid, w, h):

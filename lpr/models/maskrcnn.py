@@ -60,18 +60,12 @@ def mobilenet_v3_fpn(
     body = mobilenet_v3_large(norm_layer=norm_layer or nn.BatchNorm2d)
     _load_weights(body, weights)
     features = body.features
-    stage_indices = (
-        [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
-    )
+    stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     if not returned_layers or min(returned_layers) < 0 or max(returned_layers) >= len(stage_indices):
-        raise ValueError(
-            f"returned_layers must lie in 0..{len(stage_indices) - 1}, got {list(returned_layers)}"
-        )
+        raise ValueError(f"returned_layers must lie in 0..{len(stage_indices) - 1}, got {list(returned_layers)}")
     return_layers = {str(stage_indices[k]): str(i) for i, k in enumerate(returned_layers)}
     in_channels = [features[stage_indices[k]].out_channels for k in returned_layers]
-    return BackboneWithFPN(
-        features, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool()
-    )
+    return BackboneWithFPN(features, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool())
 
 
 def resnet50_fpn_v2(
@@ -149,9 +143,7 @@ def build_maskrcnn(
             f"anchor_sizes needs one tuple per feature map ({n_maps}: {featmap_names} + pool), "
             f"got {len(anchor_sizes)}: {anchor_sizes}"
         )
-    anchors = AnchorGenerator(
-        tuple(tuple(s) for s in anchor_sizes), tuple(tuple(aspect_ratios) for _ in anchor_sizes)
-    )
+    anchors = AnchorGenerator(tuple(tuple(s) for s in anchor_sizes), tuple(tuple(aspect_ratios) for _ in anchor_sizes))
     channels = backbone.out_channels
     mask_head_layers = list(mask_head_layers)
     return MaskRCNN(

@@ -8,12 +8,25 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+
+from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
 
 log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+VAL_KEYS = ("mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR", "plate_precision")
+
+
+def _without_crowd(target: dict) -> dict:
+    """torchvision's losses know no crowd regions: train on the other instances only."""
+    crowd = target.get("iscrowd")
+    if crowd is None or not crowd.any():
+        return target
+    keep = ~crowd
+    return {k: v[keep] if k in ("boxes", "labels", "masks", "iscrowd") else v for k, v in target.items()}
 
 
 def plain(value: Any) -> Any:
@@ -35,6 +48,9 @@ class MaskRCNNModule(L.LightningModule):
             (``params`` is added here; norm and bias parameters get no weight decay).
         scheduler: ``_target_`` config of a schedule taking ``(optimizer, total_steps=...)``
             (see :mod:`lpr.models.schedules`), stepped every optimizer step; ``None`` for none.
+        metrics: validation metric settings: ``{"dv": {k, min_points}, "plates": {score_thr,
+            char_nms_iou, sub_pattern, main_pattern, width_ratio, height_ratio}}`` (defaults
+            of DESIGN.md §5 for anything left out).
 
     Example:
         >>> optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
@@ -47,14 +63,20 @@ class MaskRCNNModule(L.LightningModule):
         net: dict,
         optimizer: dict,
         scheduler: dict | None = None,
+        metrics: dict | None = None,
     ) -> None:
         super().__init__()
         classes, net, optimizer, scheduler = plain(classes), plain(net), plain(optimizer), plain(scheduler)
+        metrics = plain(metrics) or {}
         if not classes or len(set(classes)) != len(classes):
             raise ValueError(f"classes must be a non-empty list of unique names, got {classes}")
         self.save_hyperparameters()
         self.classes: list[str] = list(classes)
         self.model = instantiate(net, num_classes=len(classes) + 1, _convert_="all")
+        self.val_map = CocoMAP(len(classes))
+        self.val_dv = DVMeanAP(len(classes), **metrics.get("dv", {}))
+        self.val_eir = ExactInferenceRate(classes, **metrics.get("plates", {}))
+        self._last_eir_counts: dict | None = None
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections for float CHW images in [0, 1]: dicts of ``boxes`` (xyxy), ``labels``, ``scores``,
@@ -63,7 +85,7 @@ class MaskRCNNModule(L.LightningModule):
 
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.model(images, targets)
+        losses = self.model(images, [_without_crowd(t) for t in targets])
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -85,7 +107,54 @@ class MaskRCNNModule(L.LightningModule):
         return outputs
 
     def update_metrics(self, outputs: list[dict], targets: list[dict]) -> None:
-        """Validation metrics hook: receives detections and ground truth of each validation batch."""
+        """Feed one validation batch's detections and ground truth to the metrics."""
+        preds = [{**o, "masks": (o["masks"] >= 0.5).to(torch.uint8)} for o in outputs]  # binarise once
+        for metric in (self.val_map, self.val_dv, self.val_eir):
+            metric.update(preds, targets)
+
+    def compute_metrics(self) -> dict[str, float | None]:
+        """All validation metrics (synced across ranks), then reset for the next round."""
+        values: dict = {}
+        for metric in (self.val_map, self.val_dv, self.val_eir):
+            values.update(metric.compute())
+            metric.reset()
+        self._last_eir_counts = values.get("counts")
+        return {k: values[k] for k in VAL_KEYS}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for metric in (self.val_map, self.val_dv, self.val_eir):
+                metric.reset()
+            return
+        values = self.compute_metrics()
+        for key, value in values.items():
+            if value is not None:
+                self.log(f"val/{key}", float(value))
+        self._print_summary(values)
+
+    @rank_zero_only
+    def _print_summary(self, values: dict[str, float | None]) -> None:
+        def fmt(key: str) -> str:
+            v = values[key]
+            return f"{key} {v:.4f}" if v is not None else f"{key} -"
+
+        counts = self._last_eir_counts or {}
+        plates = (
+            f" ({counts['matched']}/{counts['gt']} plates; {counts['pred']} read; "
+            f"{counts['gt_unreadable']} unreadable GT boards)"
+            if counts
+            else ""
+        )
+        log.info(
+            "validation at epoch %d, step %d\n  %s\n  %s\n  %s%s | %s",
+            self.current_epoch + 1,
+            self.global_step,
+            "  ".join(fmt(k) for k in ("mAP", "mAP_50", "segm_mAP", "segm_mAP_50")),
+            "  ".join(fmt(k) for k in ("dv_mAP", "dv_mAP_50", "dv_mAP_75")),
+            fmt("EIR"),
+            plates,
+            fmt("plate_precision"),
+        )
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict]:
         images = batch[0] if isinstance(batch, tuple | list) and isinstance(batch[0], list) else batch

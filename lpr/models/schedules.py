@@ -33,9 +33,7 @@ class _WarmupThen:
 
 
 class _Cosine(_WarmupThen):
-    def __init__(
-        self, warmup_steps: int, warmup_factor: float, total_steps: int, min_lr_ratio: float
-    ) -> None:
+    def __init__(self, warmup_steps: int, warmup_factor: float, total_steps: int, min_lr_ratio: float) -> None:
         super().__init__(warmup_steps, warmup_factor)
         self.total_steps = max(total_steps, warmup_steps + 1)
         self.min_lr_ratio = min_lr_ratio

@@ -1,0 +1,119 @@
+"""The plate-reading rule (DESIGN.md §5.3) and plate matching, on hand-made detections."""
+
+from __future__ import annotations
+
+from lpr.data.synth import PLATE_CLASSES
+from lpr.metrics.eir import match_plates, plate_counts
+from lpr.plates import PlateReading, read_boards, read_plates
+
+L = {name: i + 1 for i, name in enumerate(PLATE_CLASSES)}
+
+
+def _chars(text: str, x0: float, y0: float, w: float = 10, h: float = 20, gap: float = 2):
+    return [(c, [x0 + i * (w + gap), y0, x0 + i * (w + gap) + w, y0 + h]) for i, c in enumerate(text)]
+
+
+def one_line(x0=0.0, y0=0.0, sub="12a", main="3456", board="l_board"):
+    """l_board '12a 3456': sub region, gap, main region, all on one line."""
+    dets = [(board, [x0, y0, x0 + 110, y0 + 30])]
+    dets.append(("l_s_n", [x0 + 4, y0 + 4, x0 + 40, y0 + 26]))
+    dets += _chars(sub, x0 + 5, y0 + 5)
+    dets.append(("l_m_n", [x0 + 50, y0 + 4, x0 + 104, y0 + 26]))
+    dets += _chars(main, x0 + 52, y0 + 5)
+    return dets
+
+
+def two_line(x0=0.0, y0=0.0, sub="98e", main="7654"):
+    """r_board: small '98e' over big '7654'."""
+    dets = [("r_board", [x0, y0, x0 + 70, y0 + 60])]
+    dets.append(("r_s_n", [x0 + 15, y0 + 2, x0 + 52, y0 + 22]))
+    dets += _chars(sub, x0 + 17, y0 + 3, w=10, h=18)
+    dets.append(("r_m_n", [x0 + 3, y0 + 25, x0 + 67, y0 + 58]))
+    dets += _chars(main, x0 + 5, y0 + 27, w=14, h=30, gap=2)
+    return dets
+
+
+def _read(dets, scores=None, **kw):
+    boxes = [b for _, b in dets]
+    labels = [L[n] for n, _ in dets]
+    return read_plates(boxes, labels, scores, PLATE_CLASSES, **kw)
+
+
+def test_two_line_and_one_line_plates():
+    assert [(r.type, r.text, r.sub, r.main) for r in _read(two_line())] == [("r_board", "98e7654", "98e", "7654")]
+    [r] = _read(one_line())
+    assert (r.type, r.text) == ("l_board", "12a3456")
+    assert r.box == (0.0, 0.0, 110.0, 30.0) and r.center == (55.0, 15.0) and r.score == 1.0
+
+
+def test_characters_are_sorted_by_centre_x_not_detection_order():
+    dets = one_line()
+    dets = dets[:2] + dets[2:5][::-1] + dets[5:]
+    assert _read(dets)[0].text == "12a3456"
+
+
+def test_duplicate_characters_removed_by_class_agnostic_nms():
+    dets = one_line()
+    x1, y1, x2, y2 = dets[6][1]  # the '3'
+    dets.append(("8", [x1 + 0.5, y1, x2 + 0.5, y2]))  # an overlapping '8' with a lower score
+    scores = [0.9] * (len(dets) - 1) + [0.6]
+    assert _read(dets, scores)[0].text == "12a3456"
+    scores[-1] = 0.95  # now the '8' wins
+    assert _read(dets, scores)[0].text == "12a8456"
+
+
+def test_wrong_pattern_is_rejected_but_still_listed_as_a_board():
+    dets = one_line(sub="1a2")
+    assert _read(dets) == []
+    [board] = read_boards([b for _, b in dets], [L[n] for n, _ in dets], None, PLATE_CLASSES)
+    assert not board.valid and board.text == "1a23456"
+    assert _read(one_line(main="345")) == []  # three digits
+
+
+def test_region_of_the_other_plate_type_is_ignored():
+    dets = [("r_board" if n == "l_board" else n, b) for n, b in one_line()]  # l_* regions in an r_board
+    assert _read(dets) == []
+
+
+def test_two_plates_in_one_image_and_a_plate_outside_any_board():
+    dets = one_line() + two_line(x0=200, y0=100)
+    stray = [d for d in one_line(x0=0, y0=200) if d[0] != "l_board"]  # regions and characters, no board
+    texts = sorted(r.text for r in _read(dets + stray))
+    assert texts == ["12a3456", "98e7654"]
+
+
+def test_best_region_and_score_threshold():
+    dets = one_line()
+    dets.append(("l_s_n", [60, 4, 100, 26]))  # a second, wrong sub region over the main number
+    scores = [0.9] * len(dets)
+    scores[-1] = 0.7
+    assert _read(dets, scores)[0].text == "12a3456"
+    scores[-1] = 0.95
+    assert _read(dets, scores) == []  # the highest-scoring sub region decides
+    scores = [0.9] * len(dets)
+    scores[0] = 0.4  # the board below score_thr
+    assert _read(dets[:-1], scores[:-1]) == []
+
+
+def _plate(text, box, score=1.0, kind="l_board"):
+    return PlateReading(kind, text, text[:3], text[3:], tuple(box), score, True)
+
+
+def test_matching_is_one_to_one_closest_first_by_score():
+    gt = [_plate("12a3456", (0, 0, 100, 30)), _plate("12a3456", (5, 0, 105, 30))]
+    pred = [_plate("12a3456", (4, 0, 104, 30), 0.6), _plate("12a3456", (1, 0, 101, 30), 0.9)]
+    # the 0.9 reading goes first and takes the closest GT (index 0); the other takes index 1
+    assert sorted(match_plates(pred, gt)) == [(0, 1), (1, 0)]
+    assert match_plates([_plate("12a3456", (11, 0, 111, 30))], gt[:1]) == []  # |dx| 11 >= 0.1 * 100
+    assert match_plates([_plate("12a3456", (0, 6, 100, 36))], gt[:1]) == []  # |dy| 6 >= 0.2 * 30
+    assert match_plates([_plate("12a3456", (0, 0, 100, 30), kind="r_board")], gt[:1]) == []
+    assert match_plates([_plate("12a3457", (0, 0, 100, 30))], gt[:1]) == []
+
+
+def test_plate_counts_keep_unreadable_gt_boards_apart():
+    gt = [
+        _plate("12a3456", (0, 0, 100, 30)),
+        PlateReading("l_board", "1a", "1a", "", (0, 50, 100, 80), 1.0, False),
+    ]
+    counts = plate_counts([_plate("12a3456", (0, 0, 100, 30))], gt)
+    assert counts == {"matched": 1, "gt": 1, "pred": 1, "gt_unreadable": 1}
