@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from lpr.models.module import MaskRCNNModule
 from lpr.models.transfer import transfer_weights
 
 log = logging.getLogger("lpr.train")
+# MaskRCNNModule.on_before_batch_transfer only drops batches MemoryGuard asked to skip; the data
+# module's transfer hooks are not replaced, so Lightning's notice about overriding them is noise.
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer`")
 
 
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:

@@ -31,8 +31,12 @@ def make_detections(dataset: CocoInstances, dets: int, rng: np.random.Generator)
         _, t = dataset[i]
         n, (h, w) = len(t["labels"]), t["masks"].shape[-2:]
         extra = max(0, dets - n)
-        boxes = torch.cat([t["boxes"] + torch.from_numpy(rng.normal(0, 1, (n, 4))).float(),
-                           torch.from_numpy(rng.uniform(0, 200, (extra, 4))).float().sort(1).values])
+        boxes = torch.cat(
+            [
+                t["boxes"] + torch.from_numpy(rng.normal(0, 1, (n, 4))).float(),
+                torch.from_numpy(rng.uniform(0, 200, (extra, 4))).float().sort(1).values,
+            ]
+        )
         masks = torch.cat([torch.roll(t["masks"], 1, dims=2), torch.zeros((extra, h, w), dtype=torch.uint8)])
         for j in range(extra):  # random blobs for the extra detections
             x1, y1, x2, y2 = boxes[n + j].int().tolist()
@@ -78,13 +82,23 @@ def main() -> None:
         image_id = int(t["image_id"])
         h, w = t["masks"].shape[-2:]
         images.append({"id": image_id, "height": h, "width": w})
-        for rle, label, box in zip(encode_masks(t["masks"].numpy()), t["labels"].tolist(), t["boxes"].tolist(),
-                                   strict=True):
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": label, "iscrowd": 0,
-                            "segmentation": rle, "area": float(mask_utils.area(rle)),
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
-        for rle, label, score in zip(encode_masks(p["masks"][:, 0].numpy()), p["labels"].tolist(),
-                                     p["scores"].tolist(), strict=True):
+        for rle, label, box in zip(
+            encode_masks(t["masks"].numpy()), t["labels"].tolist(), t["boxes"].tolist(), strict=True
+        ):
+            gt_anns.append(
+                {
+                    "id": len(gt_anns) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "iscrowd": 0,
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                }
+            )
+        for rle, label, score in zip(
+            encode_masks(p["masks"][:, 0].numpy()), p["labels"].tolist(), p["scores"].tolist(), strict=True
+        ):
             results.append({"image_id": image_id, "category_id": label, "score": score, "segmentation": rle})
     gt = make_coco(images, [{"id": i} for i in range(1, len(PLATE_CLASSES) + 1)], gt_anns)
 
@@ -92,10 +106,14 @@ def main() -> None:
     t_ours = time_it(dv_and_eir, args.repeats)
     t_coco = time_it(lambda: coco_evaluate(gt, results, "segm"), args.repeats)
     n_dets = sum(len(p["labels"]) for p in preds)
-    print(f"images {len(preds)}, detections {n_dets} ({n_dets / len(preds):.0f}/image), "
-          f"GT instances {len(gt_anns)}, torch threads 1, median of {args.repeats}")
-    print(f"DV mAP + EIR (update + compute):      {t_ours:6.2f} s   "
-          f"(dv_mAP {values['dv_mAP']:.3f}, EIR {values['EIR']:.3f})")
+    print(
+        f"images {len(preds)}, detections {n_dets} ({n_dets / len(preds):.0f}/image), "
+        f"GT instances {len(gt_anns)}, torch threads 1, median of {args.repeats}"
+    )
+    print(
+        f"DV mAP + EIR (update + compute):      {t_ours:6.2f} s   "
+        f"(dv_mAP {values['dv_mAP']:.3f}, EIR {values['EIR']:.3f})"
+    )
     print(f"pycocotools segm evaluate+accumulate: {t_coco:6.2f} s")
     print(f"ratio DV+EIR / pycocotools segm:      {t_ours / t_coco:6.2f}")
 

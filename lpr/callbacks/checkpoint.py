@@ -29,13 +29,19 @@ def key_slug(key: str) -> str:
 class KeywordCheckpoint(ModelCheckpoint):
     """A ``ModelCheckpoint`` that records why a file is the best: ``checkpoint["lpr"]["monitor"]``.
 
-    Saving policy is entirely Lightning's; this only adds ``{"key", "value", "mode"}`` to the
-    checkpoint written as a new best for ``monitor``.
+    Saving policy is Lightning's; this adds ``{"key", "value", "mode"}`` to the checkpoint
+    written as a new best for ``monitor``, and lets a validation round pass without the key
+    (a round skipped by MemoryGuard logs no metrics) instead of failing the run.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._saving_best = False
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            return  # no value this round: nothing to compare, no best from partial data
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self._saving_best = self.monitor is not None and filepath in self.best_k_models

@@ -79,6 +79,8 @@ class ProgressLog(Callback):
             self._data_times.append(self._batch_start - self._batch_end)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if batch is None:  # a batch skipped (MemoryGuard): nothing was trained
+            return
         now = time.perf_counter()
         if self._batch_start is not None:
             step_time = now - self._batch_start + (self._data_times[-1] if self._data_times else 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from lpr.callbacks.consistency import check_classes
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
 
 log = logging.getLogger(__name__)
@@ -30,10 +32,11 @@ def _without_crowd(target: dict) -> dict:
 
 
 def plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists, so hyperparameters load with ``weights_only=True``."""
+    """A private plain copy: OmegaConf containers become dicts/lists (``weights_only``-loadable
+    hyperparameters), and a caller's dict is not shared with the module."""
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
-    return value
+    return copy.deepcopy(value)
 
 
 class MaskRCNNModule(L.LightningModule):
@@ -77,11 +80,38 @@ class MaskRCNNModule(L.LightningModule):
         self.val_dv = DVMeanAP(len(classes), **metrics.get("dv", {}))
         self.val_eir = ExactInferenceRate(classes, **metrics.get("plates", {}))
         self._last_eir_counts: dict | None = None
+        self._skip_batch = False
+        self._skip_val_round = False
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """On resume (``ckpt_path``): the checkpoint must be for this class list, checked before loading weights."""
+        stored = checkpoint.get("lpr", {}).get("classes") or checkpoint.get("hyper_parameters", {}).get("classes")
+        if stored is not None:
+            source = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
+            check_classes(stored, self.classes, expected_from=source, found_from="this run's model/data set")
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections for float CHW images in [0, 1]: dicts of ``boxes`` (xyxy), ``labels``, ``scores``,
         ``masks`` (``(N, 1, H, W)`` float probabilities)."""
         return self.model(images)
+
+    def skip_training_batch(self) -> None:
+        """Skip the next training batch entirely: no forward, backward or optimizer step (used by MemoryGuard)."""
+        self._skip_batch = True
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self._skip_batch and self.trainer.training:
+            self._skip_batch = False
+            return None  # Lightning skips a None batch without stepping the optimizer
+        return batch
+
+    def skip_validation_round(self) -> None:
+        """Ignore the rest of this validation round; its metrics are not logged (used by MemoryGuard)."""
+        self._skip_val_round = True
+
+    @property
+    def validation_round_skipped(self) -> bool:
+        return self._skip_val_round
 
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -100,7 +130,9 @@ class MaskRCNNModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
-    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> list[dict]:
+    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> list[dict] | None:
+        if self._skip_val_round:
+            return None
         images, targets = batch
         outputs = self.model(images)
         self.update_metrics(outputs, targets)
@@ -122,7 +154,10 @@ class MaskRCNNModule(L.LightningModule):
         return {k: values[k] for k in VAL_KEYS}
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking or self._skip_val_round:
+            if self._skip_val_round:
+                log.warning("validation round at step %d skipped: no metrics logged for it", self.global_step)
+            self._skip_val_round = False
             for metric in (self.val_map, self.val_dv, self.val_eir):
                 metric.reset()
             return
