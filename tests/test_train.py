@@ -45,6 +45,8 @@ def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
         assert key in tags
     assert len(acc.Scalars("train/loss")) >= 10
     assert [e.step for e in acc.Scalars("val/EIR")] == [5, 11]  # one point per validation (each epoch)
+    assert {f"val_images/{i}" for i in range(4)} <= set(acc.Tags()["images"])
+    assert len(acc.Images("val_images/0")) == 2  # one drawing per validation
 
     summaries = [line for line in lines if line.startswith("validation at epoch")]
     assert len(summaries) == 2 and "dv_mAP_50" in summaries[0] and "EIR" in summaries[0]

@@ -1,0 +1,130 @@
+"""Reading plates: ``python -m lpr.predict ckpt_path=CKPT input=IMAGE_OR_DIR output=DIR``.
+
+For each image, ``DIR/<stem>.json`` (detections and plate readings) and
+``DIR/<stem>.jpg`` (masks, boxes, labels and plate text drawn); one line per
+image on the console and a summary. Unreadable files are reported and skipped;
+the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import hydra
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from lpr.draw import draw_result
+from lpr.reader import PlateReader, UnreadableImageError, load_image
+
+log = logging.getLogger("lpr.predict")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """An image file, or the images (by suffix, sorted) in a folder and its subfolders.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist or a folder holds no images.
+    """
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input {path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+    return files
+
+
+def summary_line(result: dict) -> str:
+    """``img.jpg: 12a3456 (l_board, 0.97)``; ``no plate`` when none was read."""
+    plates = ", ".join(f"{p['text']} ({p['type']}, {p['score']:.2f})" for p in result["plates"])
+    return f"{result['image']}: {plates or 'no plate'}"
+
+
+def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def predict(
+    reader: PlateReader, source: str | Path, output: str | Path, *, batch_size: int = 4, draw: bool = True
+) -> dict:
+    """Read every image under ``source`` and write its JSON (and drawing) to ``output``.
+
+    Returns:
+        ``{"images", "failed": [(path, reason)], "plates", "seconds", "images_per_s"}``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    files = list_images(source)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    failed: list[tuple[str, str]] = []
+    done = plates = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(files), unit="img", disable=len(files) == 1 or not sys.stderr.isatty())
+    for batch in _batches(files, batch_size):
+        images, names = [], []
+        for path in batch:
+            try:
+                images.append(load_image(path)[0])
+                names.append(path)
+            except UnreadableImageError as e:
+                failed.append((str(path), str(e)))
+                tqdm.write(f"{path.name}: FAILED ({e})", file=sys.stdout)
+        if images:
+            results = reader.read(images, color="rgb")
+            for path, rgb, result in zip(names, images, results, strict=True):
+                result["image"] = path.name
+                (out / f"{path.stem}.json").write_text(json.dumps(result, indent=1))
+                if draw:
+                    drawn = draw_result(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), result)
+                    cv2.imwrite(str(out / f"{path.stem}.jpg"), drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                tqdm.write(summary_line(result), file=sys.stdout)
+                done += 1
+                plates += len(result["plates"])
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {
+        "images": done,
+        "failed": failed,
+        "plates": plates,
+        "seconds": seconds,
+        "images_per_s": done / seconds if seconds > 0 else 0.0,
+    }
+
+
+def run(cfg: DictConfig) -> int:
+    """The predict task behind the Hydra shell; returns the process exit code."""
+    reader = PlateReader.from_checkpoint(
+        cfg.ckpt_path, device=cfg.device, score_thr=cfg.get("score_thr"), max_side=cfg.max_side
+    )
+    stats = predict(reader, cfg.input, cfg.output, batch_size=cfg.batch_size, draw=cfg.draw)
+    print(
+        f"{stats['images']} images, {stats['plates']} plates read, {len(stats['failed'])} failed, "
+        f"{stats['images_per_s']:.2f} images/s -> {cfg.output}"
+    )
+    for path, reason in stats["failed"]:
+        print(f"failed: {path}: {reason}")
+    return 1 if stats["failed"] else 0
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

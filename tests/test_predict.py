@@ -1,0 +1,97 @@
+"""``lpr.predict`` and ``PlateReader`` on a debug=fast checkpoint: folders, a real photo, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SHARED_TESTDATA
+
+from lpr import PlateReader
+from lpr.draw import draw_result
+
+REAL = SHARED_TESTDATA / "real_images" / "car_plate_5AU5341.png"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(fast_run):
+    return fast_run[0] / "checkpoints" / "last.ckpt"
+
+
+def _check_result(result: dict, width: int, height: int) -> None:
+    assert set(result) == {"image", "width", "height", "detections", "plates"}
+    assert (result["width"], result["height"]) == (width, height)
+    for det in result["detections"]:
+        assert set(det) == {"label", "score", "box", "polygon"}
+        x1, y1, x2, y2 = det["box"]
+        assert -1 <= x1 <= x2 <= width + 1 and -1 <= y1 <= y2 <= height + 1
+        assert all(len(p) == 2 for p in det["polygon"])
+    for plate in result["plates"]:
+        assert set(plate) == {"type", "text", "sub", "main", "box", "score"}
+
+
+def _run_predict(tmp_path, checkpoint, source, *extra):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpr.predict", f"ckpt_path={checkpoint}", f"input={source}", f"output={out}",
+         f"hydra.run.dir={tmp_path / 'run'}", *extra],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return proc, out
+
+
+def test_predict_folder_with_a_corrupt_file(tmp_path, checkpoint, synth_dir):
+    src = tmp_path / "in"
+    shutil.copytree(synth_dir / "images" / "val", src)
+    (src / "zero.jpg").write_bytes(b"")
+    (src / "notes.png").write_text("not an image")
+    proc, out = _run_predict(tmp_path, checkpoint, src, "score_thr=0.01", "batch_size=2")
+    assert proc.returncode == 1, proc.stderr[-2000:]  # some inputs failed
+    good = sorted(p.name for p in (synth_dir / "images" / "val").iterdir())
+    for name in good:
+        stem = name.rsplit(".", 1)[0]
+        result = json.loads((out / f"{stem}.json").read_text())
+        _check_result(result, 384, 288)
+        assert cv2.imread(str(out / f"{stem}.jpg")).shape == (288, 384, 3)
+        assert f"{name}: " in proc.stdout
+    assert any(json.loads((out / f"{n.rsplit('.', 1)[0]}.json").read_text())["detections"] for n in good)
+    assert "zero.jpg: FAILED" in proc.stdout and "notes.png: FAILED" in proc.stdout
+    assert f"{len(good)} images," in proc.stdout and "2 failed" in proc.stdout and "images/s" in proc.stdout
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"outside test data not found at {REAL}")
+def test_predict_a_real_photo(tmp_path, checkpoint):
+    proc, out = _run_predict(tmp_path, checkpoint, REAL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _check_result(json.loads((out / "car_plate_5AU5341.json").read_text()), 518, 331)
+    assert (out / "car_plate_5AU5341.jpg").is_file()
+    assert "car_plate_5AU5341.png: " in proc.stdout
+
+
+def test_plate_reader_api_on_arrays(checkpoint, synth_dir):
+    reader = PlateReader.from_checkpoint(checkpoint, score_thr=0.01)
+    bgr = cv2.imread(str(synth_dir / "images" / "val" / "000000.jpg"))
+    from_path = reader(synth_dir / "images" / "val" / "000000.jpg")
+    from_bgr = reader(bgr)
+    from_rgb = reader(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), color="rgb")
+    assert from_path["detections"] == from_bgr["detections"] == from_rgb["detections"]
+    _check_result(from_bgr, 384, 288)
+    _check_result(reader(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)), 384, 288)  # grayscale
+    _check_result(reader(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)), 384, 288)  # with alpha
+    drawn = draw_result(bgr, from_bgr)
+    assert drawn.shape == bgr.shape and not np.array_equal(drawn, bgr)
+
+
+def test_huge_image_is_downscaled_and_results_are_in_original_pixels(checkpoint, synth_dir):
+    reader = PlateReader.from_checkpoint(checkpoint, score_thr=0.01, max_side=384)
+    bgr = cv2.imread(str(synth_dir / "images" / "val" / "000000.jpg"))
+    huge = cv2.resize(bgr, (384 * 8, 288 * 8), interpolation=cv2.INTER_NEAREST)
+    small, big = reader(bgr), reader(huge)
+    _check_result(big, 384 * 8, 288 * 8)
+    assert len(big["detections"]) == len(small["detections"]) > 0
+    assert big["detections"][0]["box"] == pytest.approx([8 * v for v in small["detections"][0]["box"]], abs=8)
