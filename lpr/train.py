@@ -120,6 +120,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log.info("Logs (%s): %s", type(lg).__name__, lg.log_dir)
     log.info("Checkpoints: %s", cfg.checkpoint.dirpath)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.get("final_full_validation") and trainer.limit_val_batches != 1.0 and not trainer.interrupted:
+        # Rounds during training use a fixed subset (trainer.limit_val_batches); the last one sees it all.
+        log.info("Final validation on the full validation split")
+        trainer.limit_val_batches = 1.0
+        trainer.validate(module, datamodule=datamodule, verbose=False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return metrics, {

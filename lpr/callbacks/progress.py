@@ -49,7 +49,8 @@ class ProgressLog(Callback):
         0.42 s/it (data 0.01) | RAM 41% rss 2.1G | GPU -/- | ETA 0d 01h 23m 45s
 
     The ETA covers the rest of training plus the validations still to come,
-    timed from this process (so it is right after a resume too).
+    timed from this process (so it is right after a resume too). Also logs
+    ``train/minutes``, the training time so far without validation, kept across resumes.
 
     Args:
         every_n_steps: log interval in optimizer steps.
@@ -69,6 +70,13 @@ class ProgressLog(Callback):
         self._train_steps = 0
         self._val_start = 0.0
         self._val_seconds: float | None = None
+        self.train_minutes = 0.0  # training wall time of the whole run, validation excluded
+
+    def state_dict(self) -> dict:
+        return {"train_minutes": self.train_minutes}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_minutes = state_dict.get("train_minutes", 0.0)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._batch_end = time.perf_counter()
@@ -88,7 +96,10 @@ class ProgressLog(Callback):
             if self._train_steps > 0:  # the first step pays for warm-up: keep it out of the rate
                 self._train_seconds += step_time
             self._train_steps += 1
+            self.train_minutes += step_time / 60.0
         self._batch_end = now
+        # x axis of learning curves: minutes of training, not of training + validation
+        pl_module.log("train/minutes", self.train_minutes)
         if trainer.global_step % self.every_n_steps == 0 or trainer.global_step == trainer.max_steps:
             self._log_line(trainer)
 
