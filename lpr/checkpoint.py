@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from lpr.models.module import MaskRCNNModule
@@ -16,6 +17,25 @@ from lpr.models.module import MaskRCNNModule
 
 class CheckpointError(ValueError):
     """A file is missing, truncated, or not an lpr checkpoint."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file, then renames it into place.
+
+    A crash or kill mid-write leaves the previous good file (e.g. ``last.ckpt``),
+    never a truncated one. Remote (``scheme://``) paths use Lightning's default writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @dataclass

@@ -21,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from lpr.checkpoint import load
+from lpr.checkpoint import CheckpointError, load
+from lpr.config_check import clear_errors
 from lpr.data.coco import decode_segmentation
+from lpr.data.validate import DataValidationError
 from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
 from lpr.models.module import VAL_KEYS
@@ -303,6 +305,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@clear_errors(EvaluationInputError, CheckpointError, DataValidationError, FileNotFoundError, ValueError)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -20,6 +20,8 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from lpr.checkpoint import CheckpointError
+from lpr.config_check import clear_errors
 from lpr.draw import draw_result
 from lpr.reader import PlateReader, UnreadableImageError, load_image
 
@@ -120,6 +122,7 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@clear_errors(CheckpointError, FileNotFoundError)
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:

@@ -11,19 +11,27 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lpr.callbacks.checkpoint import CheckpointMetadata
-from lpr.checkpoint import read_checkpoint
+from lpr.callbacks.consistency import ConsistencyError
+from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, read_checkpoint
+from lpr.config_check import ConfigError, clear_errors, validate_train_config
+from lpr.data.validate import DataValidationError
 from lpr.models.module import MaskRCNNModule
 from lpr.models.transfer import transfer_weights
+from lpr.sweep import best_values, optimization_direction, write_job_summary
 
 log = logging.getLogger("lpr.train")
 # MaskRCNNModule.on_before_batch_transfer only drops batches MemoryGuard asked to skip; the data
 # module's transfer hooks are not replaced, so Lightning's notice about overriding them is noise.
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer`")
+# ${lpr.direction:val/EIR} -> "maximize": lets sweep configs derive the direction from the watched key.
+OmegaConf.register_new_resolver("lpr.direction", optimization_direction, replace=True)
 
 
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
@@ -89,6 +97,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``(metrics, objects)``: ``trainer.callback_metrics`` as floats, and
         ``{"cfg", "datamodule", "model", "trainer", "callbacks"}``.
     """
+    validate_train_config(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
@@ -113,7 +122,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer_cfg.get("enable_progress_bar") is None:  # a bar for people, not for log files
         with open_dict(trainer_cfg):
             trainer_cfg.enable_progress_bar = sys.stderr.isatty()
-    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
     log.info("Output: %s", output_dir)
     for lg in loggers:
@@ -136,13 +147,50 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+def optimized_value(cfg: DictConfig, metrics: dict[str, float], best: dict[str, dict]) -> float | None:
+    """What a sweeper optimises: the best value of the first watched key (else its last value)."""
     monitor = cfg.checkpoint.get("monitor")
     key = monitor if isinstance(monitor, str) else (monitor[0] if monitor else None)
-    return metrics.get(key) if key else None
+    if key is None:
+        return None
+    value = best.get(key, {}).get("value")
+    return value if value is not None else metrics.get(key)
+
+
+_task_started = False
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@clear_errors(ConfigError, DataValidationError, CheckpointError, ConsistencyError, FileNotFoundError)
+def main(cfg: DictConfig) -> float | None:
+    global _task_started
+    _task_started = True
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        metrics, objects = train(cfg)
+    except Exception as e:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep a failed job is recorded and the others go on.
+        log.exception("job failed: %s", " ".join(overrides))
+        write_job_summary(cfg.paths.output_dir, overrides=overrides, status="failed", error=repr(e))
+        return float("nan")
+    best = best_values(objects["callbacks"])
+    write_job_summary(cfg.paths.output_dir, overrides=overrides, status="completed", best=best)
+    return optimized_value(cfg, metrics, best)
+
+
+def cli() -> None:
+    """``python -m lpr.train`` / ``lpr-train``: Hydra's own config errors (unknown key, bad override)
+    exit with 2 like lpr's, so scripts can tell bad input from a crash."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and not _task_started:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 import torchvision
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
 import lpr
 from lpr.models.module import plain
@@ -78,9 +78,24 @@ class EpochListCheckpoint(ModelCheckpoint):
             super().on_train_epoch_end(trainer, pl_module)
 
 
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Writes ``last.ckpt`` when training is interrupted (Ctrl-C, SIGTERM, an error).
+
+    Lightning's ``OnExceptionCheckpoint`` deletes its file at a normal ``teardown``; here the file
+    is ``last.ckpt``, kept up to date by the last-checkpoint callback, so it must stay.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath=dirpath, filename="last")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass
+
+
 def checkpoint_callbacks(
     *,
     dirpath: str,
+    on_exception: bool = True,
     monitor: str | Sequence[str] | None = None,
     mode: str | Sequence[str] | None = None,
     best_filename: str = "best-{key}",
@@ -90,7 +105,7 @@ def checkpoint_callbacks(
     every_n_train_steps: int | None = None,
     periodic_filename: str = "epoch{epoch:03d}-step{step:06d}",
     keep_epochs: Sequence[int] = (),
-) -> list[ModelCheckpoint]:
+) -> list[Callback]:
     """The checkpoint policy as Lightning callbacks.
 
     Args:
@@ -100,6 +115,8 @@ def checkpoint_callbacks(
             it per key: keys containing ``loss`` are minimised, others maximised.
         best_filename: Lightning filename template of a best file; ``{key}`` is
             replaced by the key made file-safe (``val/EIR`` -> ``val_EIR``).
+        on_exception: write ``last.ckpt`` when training is interrupted (Ctrl-C, SIGTERM, an
+            error), so a kill never loses finished steps.
         save_last: keep ``last.ckpt`` (written at each epoch end and validation).
         last_every_n_train_steps: also refresh ``last.ckpt`` every N steps.
         every_n_epochs: keep a periodic checkpoint every N epochs.
@@ -118,7 +135,7 @@ def checkpoint_callbacks(
         if m not in (None, "min", "max"):
             raise ValueError(f"checkpoint.mode must be 'min', 'max' or null, got {m!r}")
 
-    callbacks: list[ModelCheckpoint] = [
+    callbacks: list[Callback] = [
         KeywordCheckpoint(
             dirpath=dirpath,
             filename=best_filename.replace("{key}", key_slug(key)),
@@ -131,7 +148,15 @@ def checkpoint_callbacks(
     ]
     if save_last:
         callbacks.append(
-            ModelCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=last_every_n_train_steps)
+            # no version counter: after a resume (or an on-exception save) last.ckpt is overwritten, not
+            # joined by last-v1.ckpt
+            ModelCheckpoint(
+                dirpath=dirpath,
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=last_every_n_train_steps,
+                enable_version_counter=False,
+            )
         )
     if every_n_epochs or every_n_train_steps:
         callbacks.append(
@@ -144,6 +169,8 @@ def checkpoint_callbacks(
                 auto_insert_metric_name=False,
             )
         )
+    if on_exception:
+        callbacks.append(InterruptCheckpoint(dirpath))
     if keep_epochs:
         callbacks.append(
             EpochListCheckpoint(

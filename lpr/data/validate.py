@@ -53,11 +53,18 @@ def _check_segmentation(seg, ann_id, width: int, height: int) -> str | None:
             if not isinstance(poly, list) or len(poly) % 2 or len(poly) < 6:
                 n = len(poly) / 2 if isinstance(poly, list) else "?"
                 return f"annotation {ann_id}: polygon with {n} points (need >= 3 (x, y) pairs)"
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly):
+                return f"annotation {ann_id}: polygon coordinates must be numbers"
         return None
     if isinstance(seg, dict):
         size = seg.get("size")
-        if not (isinstance(size, list) and len(size) == 2 and "counts" in seg):
-            return f"annotation {ann_id}: RLE segmentation needs 'size' [h, w] and 'counts'"
+        counts = seg.get("counts")
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(c) for c in counts)))
+        ):
+            return f"annotation {ann_id}: RLE segmentation needs 'size' [h, w] and 'counts' (a string or integers)"
         if list(size) != [height, width]:
             return f"annotation {ann_id}: RLE size {size} differs from the image size [{height}, {width}]"
         return None
@@ -105,6 +112,24 @@ def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>",
     images, annotations, categories = data["images"], data["annotations"], data["categories"]
     if not images:
         raise DataValidationError(f"{source}: the split is empty (no images)")
+    # Structure first: everything below indexes by integer ids.
+    for what, items in (("image", images), ("annotation", annotations), ("category", categories)):
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not _is_int(item.get("id")):
+                problems.append(f"{what} #{i}: must be an object with an integer 'id', got {str(item)[:80]}")
+    for im in images:
+        if isinstance(im, dict) and not (
+            _is_int(im.get("width")) and _is_int(im.get("height")) and isinstance(im.get("file_name"), str)
+        ):
+            problems.append(f"image {im.get('id')}: needs integer 'width', 'height' and a 'file_name'")
+    for c in categories:
+        if isinstance(c, dict) and not isinstance(c.get("name"), str):
+            problems.append(f"category {c.get('id')}: needs a string 'name', got {c.get('name')!r}")
+    for a in annotations:
+        if isinstance(a, dict) and not (_is_int(a.get("image_id")) and _is_int(a.get("category_id"))):
+            problems.append(f"annotation {a.get('id')}: needs integer 'image_id' and 'category_id'")
+    if problems:
+        _raise(source, problems)
     if not categories:
         problems.append("no categories")
     for what, items in (("image", images), ("annotation", annotations), ("category", categories)):
@@ -115,9 +140,6 @@ def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>",
 
     cat_ids = {c.get("id") for c in categories}
     by_id = {im.get("id"): im for im in images}
-    for im in images:
-        if not isinstance(im.get("width"), int) or not isinstance(im.get("height"), int) or not im.get("file_name"):
-            problems.append(f"image {im.get('id')}: needs integer 'width', 'height' and a 'file_name'")
     for ann in annotations:
         aid = ann.get("id")
         im = by_id.get(ann.get("image_id"))
@@ -149,9 +171,17 @@ def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>",
             problems += [p for p in found if p]
 
     if problems:
-        listed = "\n  - ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataValidationError(f"{source}: {len(problems)} problem(s) in the data set:\n  - {listed}{more}")
+        _raise(source, problems)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _raise(source: str, problems: list[str]) -> None:
+    listed = "\n  - ".join(problems[:MAX_LISTED])
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise DataValidationError(f"{source}: {len(problems)} problem(s) in the data set:\n  - {listed}{more}")
 
 
 def class_names(data: dict) -> list[str]:

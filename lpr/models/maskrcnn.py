@@ -94,6 +94,7 @@ def build_maskrcnn(
     backbone: BackboneWithFPN,
     anchor_sizes: Sequence[Sequence[int]] = ((12, 20), (32, 48), (64, 96), (128, 192)),
     aspect_ratios: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
+    anchor_scale: float = 1.0,
     min_size: int = 288,
     max_size: int = 384,
     rpn_pre_nms_top_n_train: int = 600,
@@ -117,6 +118,7 @@ def build_maskrcnn(
             including the pool level.
         aspect_ratios: anchor height/width ratios, the same on every map;
             characters are tall (2.0), one-line boards wide (0.25).
+        anchor_scale: multiplies every anchor size (one knob for sweeps).
         min_size: shorter image side after the model's internal resize.
         max_size: longer-side cap of that resize.
         rpn_pre_nms_top_n_train: proposals kept per level before NMS (training).
@@ -143,7 +145,12 @@ def build_maskrcnn(
             f"anchor_sizes needs one tuple per feature map ({n_maps}: {featmap_names} + pool), "
             f"got {len(anchor_sizes)}: {anchor_sizes}"
         )
-    anchors = AnchorGenerator(tuple(tuple(s) for s in anchor_sizes), tuple(tuple(aspect_ratios) for _ in anchor_sizes))
+    if anchor_scale <= 0:
+        raise ValueError(f"anchor_scale must be > 0, got {anchor_scale}")
+    anchors = AnchorGenerator(
+        tuple(tuple(max(1, round(s * anchor_scale)) for s in sizes) for sizes in anchor_sizes),
+        tuple(tuple(aspect_ratios) for _ in anchor_sizes),
+    )
     channels = backbone.out_channels
     mask_head_layers = list(mask_head_layers)
     return MaskRCNN(

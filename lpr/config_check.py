@@ -1,0 +1,116 @@
+"""Checks of a composed configuration before anything is built, and the clear-error exit of the CLIs."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lpr.models.module import LOSS_KEYS, VAL_KEYS
+
+# Every key lpr logs: what checkpoint.monitor may name.
+LOGGED_KEYS = (
+    ["train/loss", "train/lr", "train/minutes"]
+    + [f"train/{k}" for k in LOSS_KEYS]
+    + [f"val/{k}" for k in VAL_KEYS]
+    + ["mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches"]
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value outside what lpr accepts."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# (key, predicate, what is allowed); a key absent from the config is not checked.
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("model.optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("data.check_images", lambda v: v in ("full", "header", "none"), "'full', 'header' or 'none'"),
+    ("trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
+    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
+    ("model.metrics.dv.k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("model.metrics.dv.min_points", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("model.metrics.plates.score_thr", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.metrics.plates.char_nms_iou", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.net.anchor_scale", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
+]
+
+
+def _regex_ok(pattern: Any) -> bool:
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError):
+        return False
+    return True
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise one :class:`ConfigError` listing every bad value (key, value, what is allowed).
+
+    Raises:
+        ConfigError: a bad value, inconsistent memory thresholds, or a ``checkpoint.monitor``
+            key that nothing logs.
+    """
+    problems = []
+    for key, ok, allowed in RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            problems.append(f"{key}={value!r}: must be {allowed}")
+    for key in ("model.metrics.plates.sub_pattern", "model.metrics.plates.main_pattern"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not _regex_ok(value):
+            problems.append(f"{key}={value!r}: must be a valid regular expression")
+    memory = OmegaConf.select(cfg, "callbacks.memory", default=None)
+    if memory:
+        w, s, t = (memory.get(k) for k in ("warn_percent", "skip_percent", "stop_percent"))
+        if not all(_is_number(v) for v in (w, s, t)) or not 0 < w <= s < t <= 100:
+            problems.append(
+                f"callbacks.memory warn_percent={w}, skip_percent={s}, stop_percent={t}: "
+                "need 0 < warn_percent <= skip_percent < stop_percent <= 100"
+            )
+    monitor = OmegaConf.select(cfg, "checkpoint.monitor", default=None)
+    keys = [monitor] if isinstance(monitor, str) else list(monitor or [])
+    for key in keys:
+        if key not in LOGGED_KEYS:
+            problems.append(f"checkpoint.monitor={key!r}: nothing logs this key; logged keys: {', '.join(LOGGED_KEYS)}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def clear_errors(*error_types: type[BaseException]) -> Callable:
+    """Decorate a Hydra task: the given errors print one message and exit with code 2.
+
+    Tracebacks come back with ``HYDRA_FULL_ERROR=1`` or ``LPR_DEBUG=1``.
+    """
+
+    def wrap(task: Callable) -> Callable:
+        @functools.wraps(task)
+        def run(cfg: DictConfig | ListConfig, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return task(cfg, *args, **kwargs)
+            except error_types as e:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("LPR_DEBUG") == "1":
+                    raise
+                print(f"error: {e}", file=sys.stderr)
+                print("(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+                sys.exit(2)
+
+        return run
+
+    return wrap

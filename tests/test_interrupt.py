@@ -1,0 +1,76 @@
+"""A real training process killed with SIGTERM mid-epoch leaves last.ckpt, and resuming ends where an
+uninterrupted run ends; a checkpoint write never leaves a truncated file in place."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lpr.checkpoint import AtomicCheckpointIO, load
+
+STEPS = 24  # 12 images / batch 2 = 6 steps an epoch: the kill lands mid-epoch
+
+
+def _cmd(out, data, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "lpr.train",
+        "+experiment=plate",
+        "debug=fast",
+        f"trainer.max_steps={STEPS}",
+        "trainer.max_epochs=100",
+        "checkpoint.monitor=[]",
+        "callbacks.progress.every_n_steps=1",
+        f"paths.output_dir={out}",
+        f"hydra.run.dir={out}",
+        f"paths.data_dir={data}",
+        *extra,
+    ]
+
+
+def test_sigterm_saves_last_and_resume_reaches_the_same_step(tmp_path):
+    out, data = tmp_path / "run", tmp_path / "data"
+    log = tmp_path / "train.out"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(_cmd(out, data), cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and "step 9/" not in log.read_text():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    last = out / "checkpoints" / "last.ckpt"
+    assert last.is_file(), log.read_text()[-3000:]
+    interrupted_at = torch.load(last, weights_only=True)["global_step"]
+    assert 9 <= interrupted_at < STEPS
+    assert load(last).classes  # a usable lpr checkpoint
+
+    resumed = subprocess.run(_cmd(out, data, "ckpt_path=last"), cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == STEPS  # what an uninterrupted run of the same length ends with
+    assert final["optimizer_states"][0]["state"], "optimizer state carried over"
+    assert final["lr_schedulers"][0]["last_epoch"] == STEPS
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+    good = path.read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+    assert os.path.getsize(path) == len(good)
