@@ -58,7 +58,13 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 
 def predict(
-    reader: PlateReader, source: str | Path, output: str | Path, *, batch_size: int = 4, draw: bool = True
+    reader: PlateReader,
+    source: str | Path,
+    output: str | Path,
+    *,
+    batch_size: int = 4,
+    draw: bool = True,
+    verbose: bool = True,
 ) -> dict:
     """Read every image under ``source`` and write its JSON (and drawing) to ``output``.
 
@@ -91,7 +97,8 @@ def predict(
                 if draw:
                     drawn = draw_result(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), result)
                     cv2.imwrite(str(out / f"{path.stem}.jpg"), drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])
-                tqdm.write(summary_line(result), file=sys.stdout)
+                if verbose:
+                    tqdm.write(summary_line(result), file=sys.stdout)
                 done += 1
                 plates += len(result["plates"])
         bar.update(len(batch))

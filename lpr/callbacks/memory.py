@@ -18,7 +18,8 @@ log = logging.getLogger("lpr.memory")
 
 @dataclass(frozen=True)
 class MemoryReading:
-    """One look at memory: system RAM percent, process RSS (with workers), GPU percent (None: no GPU)."""
+    """One look at memory: system RAM percent, this process tree's memory in GB (PSS, workers
+    included), GPU percent (None: no GPU)."""
 
     ram_percent: float
     rss_gb: float
@@ -30,7 +31,18 @@ class MemoryReading:
 
     def __str__(self) -> str:
         gpu = f"{self.gpu_percent:.0f}%" if self.gpu_percent is not None else "-"
-        return f"RAM {self.ram_percent:.0f}% (rss {self.rss_gb:.2f} GB), GPU {gpu}"
+        return f"RAM {self.ram_percent:.0f}% (this run {self.rss_gb:.2f} GB), GPU {gpu}"
+
+
+def process_tree_gb() -> float:
+    """Memory of this process and its children (DataLoader workers) in GB, as PSS where the OS
+    gives it: pages shared after fork count once in total, not once per worker as RSS would."""
+    total = 0
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
+            info = proc.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+    return total / 2**30
 
 
 class SystemMemoryReader:
@@ -48,16 +60,11 @@ class SystemMemoryReader:
             log.info("GPU memory not watched (NVML unavailable: %s)", e.__class__.__name__)
 
     def __call__(self) -> MemoryReading:
-        process = psutil.Process()
-        rss = process.memory_info().rss
-        for child in process.children(recursive=True):  # DataLoader workers
-            with contextlib.suppress(psutil.Error):
-                rss += child.memory_info().rss
         gpu = None
         if self._nvml is not None and self._handles:
             infos = [self._nvml.nvmlDeviceGetMemoryInfo(h) for h in self._handles]
             gpu = max(100.0 * i.used / i.total for i in infos)
-        return MemoryReading(psutil.virtual_memory().percent, rss / 2**30, gpu)
+        return MemoryReading(psutil.virtual_memory().percent, process_tree_gb(), gpu)
 
 
 class MemoryGuard(Callback):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -12,6 +11,8 @@ import psutil
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+
+from lpr.callbacks.memory import process_tree_gb
 
 log = logging.getLogger("lpr.progress")
 
@@ -28,12 +29,7 @@ def format_eta(seconds: float) -> str:
 
 
 def _memory() -> str:
-    process = psutil.Process()
-    rss = process.memory_info().rss
-    for child in process.children(recursive=True):  # DataLoader workers
-        with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
-            rss += child.memory_info().rss
-    text = f"RAM {psutil.virtual_memory().percent:.0f}% rss {rss / 2**30:.1f}G"
+    text = f"RAM {psutil.virtual_memory().percent:.0f}% mem {process_tree_gb():.1f}G"
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         text += f" | GPU {100 * (total - free) / total:.0f}%"
@@ -46,7 +42,7 @@ class ProgressLog(Callback):
     """Every ``every_n_steps`` optimizer steps, one line like::
 
         epoch 1/24 step 120/3600 | loss 1.234 loss_classifier 0.3 ... | lr 1.0e-03 |
-        0.42 s/it (data 0.01) | RAM 41% rss 2.1G | GPU -/- | ETA 0d 01h 23m 45s
+        0.42 s/it (data 0.01) | RAM 41% mem 2.1G | GPU -/- | ETA 0d 01h 23m 45s
 
     The ETA covers the rest of training plus the validations still to come,
     timed from this process (so it is right after a resume too). Also logs
