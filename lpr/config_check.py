@@ -18,7 +18,7 @@ LOGGED_KEYS = (
     ["train/loss", "train/lr", "train/minutes"]
     + [f"train/{k}" for k in LOSS_KEYS]
     + [f"val/{k}" for k in VAL_KEYS]
-    + ["mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches"]
+    + ["mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches", "data/skipped_images"]
 )
 
 

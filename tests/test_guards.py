@@ -188,3 +188,34 @@ def test_resume_checkpoint_classes_differ(tmp_path, datamodule):
     trainer.save_checkpoint(tmp_path / "other.ckpt")
     with pytest.raises(ConsistencyError, match=r"checkpoint .*other\.ckpt has .*init_from=CKPT"):
         _trainer(tmp_path).fit(_module(datamodule.classes), datamodule=datamodule, ckpt_path=tmp_path / "other.ckpt")
+
+
+def test_periodic_and_listed_epoch_checkpoints(tmp_path, synth_dir):
+    from lpr.callbacks.checkpoint import checkpoint_callbacks
+
+    policy = checkpoint_callbacks(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=3, keep_epochs=[2])
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    dm.setup("fit")
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=3, limit_train_batches=2, limit_val_batches=0,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[*policy, CheckpointMetadata({})])  # fmt: skip
+    trainer.fit(_module(dm.classes), datamodule=dm)
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["epoch001-step000003.ckpt", "epoch002-step000006.ckpt", "keep-epoch002.ckpt", "last.ckpt"]
+
+
+def test_image_damaged_after_setup_is_skipped_and_counted(tmp_path, synth_dir, caplog):
+    import shutil
+
+    root = tmp_path / "set"
+    shutil.copytree(synth_dir, root)
+    dm = CocoDataModule(str(root), batch_size=2)
+    dm.setup("fit")  # validated while intact...
+    (root / "images" / dm.train_set.images[1]["file_name"]).write_bytes(b"broken")  # ...damaged afterwards
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="lpr.data.coco"):
+        trainer.fit(_module(dm.classes), datamodule=dm)  # a whole epoch: the damaged image is drawn once
+    assert trainer.global_step == 16 // 2  # the run went on: its batch trained on the other image
+    assert trainer.callback_metrics["data/skipped_images"] == 1
+    assert any("skipping image train/000001.jpg" in r.message for r in caplog.records)

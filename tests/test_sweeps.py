@@ -45,7 +45,7 @@ def test_multirun_records_every_job_and_a_failing_one_does_not_stop_the_others(t
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "lpr.train", "-m", "+experiment=plate", "debug=fast",
-         "model.optimizer.lr=1e-3,3e-4,-1", f"hydra.sweep.dir={sweep}", f"paths.data_dir={tmp_path / 'data'}"],
+         "model.optimizer.lr=0.001,0.0003,-1", f"hydra.sweep.dir={sweep}", f"paths.data_dir={tmp_path / 'data'}"],
         cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_multirun_records_every_job_and_a_failing_one_does_not_stop_the_others(t
     assert [Path(j["job_dir"]).name for j in jobs] == ["0", "1", "2"]
     assert [j["status"] for j in jobs] == ["completed", "completed", "failed"]
     assert "lr" in jobs[2]["error"].lower()
-    for job, lr in zip(jobs[:2], ("1e-3", "3e-4"), strict=True):
+    for job, lr in zip(jobs[:2], ("0.001", "0.0003"), strict=True):
         assert f"model.optimizer.lr={lr}" in job["overrides"]
         assert set(job["best"]) == {"val/EIR", "val/dv_mAP"}
         for best in job["best"].values():

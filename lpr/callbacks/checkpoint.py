@@ -61,7 +61,8 @@ class KeywordCheckpoint(ModelCheckpoint):
 
 
 class EpochListCheckpoint(ModelCheckpoint):
-    """Keeps a checkpoint at the end of each epoch in ``keep_epochs`` (1-based)."""
+    """Keeps a checkpoint at the end of each epoch in ``keep_epochs``; both the list and the
+    ``{epoch}`` of its filename count from 1 (``keep_epochs=[12]`` -> ``keep-epoch012.ckpt``)."""
 
     def __init__(self, keep_epochs: Sequence[int], **kwargs: Any) -> None:
         if any(int(e) < 1 for e in keep_epochs):
@@ -76,6 +77,11 @@ class EpochListCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 in self.keep_epochs:
             super().on_train_epoch_end(trainer, pl_module)
+
+    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: int | None = None, **kw):
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, **kw)
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from lpr.data.validate import bbox_xywh_to_xyxy, class_names, load_coco_json, validate_coco
+
+log = logging.getLogger(__name__)
 
 
 def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
@@ -108,9 +111,15 @@ class CocoInstances(Dataset):
             "image_id": int(info["id"]),
         }
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        """``(image, target)``; None (and a warning) for an image that became unreadable after
+        the setup check (changed or damaged on disk): :func:`collate` leaves it out."""
         info = self.images[index]
-        array = read_image_rgb(self.image_root / info["file_name"])
+        try:
+            array = read_image_rgb(self.image_root / info["file_name"])
+        except OSError as e:
+            log.warning("skipping image %s: %s", info["file_name"], e)
+            return None
         image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
         target = self.load_target(index)
         if self.transforms is not None:
@@ -122,7 +131,21 @@ class CocoInstances(Dataset):
         return image.as_subclass(torch.Tensor), target
 
 
-def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Detection batches are lists: images may differ in size, targets in instance count."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
+class ImageList(list):
+    """The images of a batch; ``skipped`` counts the unreadable ones left out of it."""
+
+    skipped: int = 0
+
+
+def collate(batch: list[tuple[torch.Tensor, dict] | None]) -> tuple[list[torch.Tensor], list[dict]] | None:
+    """Detection batches are lists: images may differ in size, targets in instance count.
+
+    Unreadable items (None) are left out and counted in ``images.skipped``; a batch with
+    nothing left is None, which Lightning skips.
+    """
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None
+    images = ImageList(image for image, _ in kept)
+    images.skipped = len(batch) - len(kept)
+    return images, [target for _, target in kept]

@@ -81,7 +81,7 @@ class CocoDataModule(L.LightningDataModule):
         from lpr.data.synth import generate
 
         log.info("Synthetic data set not found at %s: generating it (%s)", self.root, self.synthesize)
-        generate(self.root, progress=True, **self.synthesize)
+        generate(self.root, progress=True, overwrite=False, **self.synthesize)
 
     @property
     def classes(self) -> list[str]:

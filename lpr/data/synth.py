@@ -403,12 +403,15 @@ def generate(
     font: str | None = None,
     workers: int = 1,
     progress: bool = False,
+    overwrite: bool = True,
 ) -> dict[str, Path]:
     """Write a synthetic plate data set; returns ``{"train": json, "val": json, "images": dir}``.
 
     The set is written to a temporary sibling and renamed into place, so a
-    reader never sees half a data set and concurrent writers (e.g. DDP ranks)
-    cannot corrupt each other's output.
+    reader never sees half a data set. With ``overwrite=False`` an existing set
+    is kept and the new copy dropped: the output is deterministic, so concurrent
+    writers (e.g. DDP ranks generating on first use) never delete a set another
+    process is reading.
 
     Raises:
         ValueError: on non-positive sizes or a font that cannot draw a character.
@@ -424,11 +427,11 @@ def generate(
     kw = dict(seed=seed, width=width, height=height, font=font, workers=workers, progress=progress)
     for split, count in (("train", train), ("val", val)):
         _write_split(tmp, split, count, **kw)
-    if out.exists():
+    if out.exists() and overwrite:
         shutil.rmtree(out)
     try:
         tmp.rename(out)
-    except OSError:  # another process finished the same (deterministic) set first
+    except OSError:  # the set exists (overwrite=False, or another process was faster): keep it
         shutil.rmtree(tmp, ignore_errors=True)
     return {"train": out / "train.json", "val": out / "val.json", "images": out / "images"}
 

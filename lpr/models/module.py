@@ -82,6 +82,7 @@ class MaskRCNNModule(L.LightningModule):
         self._last_eir_counts: dict | None = None
         self._skip_batch = False
         self._skip_val_round = False
+        self._skipped_images = 0  # unreadable images left out of training batches
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """On resume (``ckpt_path``): the checkpoint must be for this class list, checked before loading weights."""
@@ -103,6 +104,8 @@ class MaskRCNNModule(L.LightningModule):
         if self._skip_batch and self.trainer.training:
             self._skip_batch = False
             return None  # Lightning skips a None batch without stepping the optimizer
+        if batch is not None and self.trainer.training:
+            self._skipped_images += getattr(batch[0], "skipped", 0)  # read before the transfer drops it
         return batch
 
     def skip_validation_round(self) -> None:
@@ -128,6 +131,8 @@ class MaskRCNNModule(L.LightningModule):
         for key, value in losses.items():
             self.log(f"train/{key}", value, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        if self._skipped_images:
+            self.log("data/skipped_images", float(self._skipped_images), batch_size=batch_size)
         return loss
 
     def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> list[dict] | None:
