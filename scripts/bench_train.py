@@ -21,13 +21,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from plate_setup import plate_config_and_data
 
 from lpr.train import _instantiate_all
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 class StepClock(Callback):
@@ -93,11 +91,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=8")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=plate", "paths.output_dir=unused", *args.overrides])
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    cfg, datamodule = plate_config_and_data(args.overrides)
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):

@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from plate_setup import plate_config_and_data
 
 from lpr.checkpoint import load
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PARTS = (
     "backbone.body",
     "backbone.fpn",
@@ -42,11 +40,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=plate", "paths.output_dir=unused", *args.overrides])
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    cfg, datamodule = plate_config_and_data(args.overrides)
     if args.ckpt:
         model = load(args.ckpt).model
     else:

@@ -21,6 +21,20 @@ def _cli(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def _train_on_coco(tmp_path, root) -> subprocess.CompletedProcess:
+    """``lpr.train`` on the COCO data set in ``root`` (train.json, val.json, images/)."""
+    return _cli(
+        tmp_path,
+        "lpr.train",
+        "+experiment=plate",
+        "data=coco",
+        f"data.root={root}",
+        "data.train_json=train.json",
+        "data.val_json=val.json",
+        f"paths.output_dir={tmp_path / 'out'}",
+    )
+
+
 def _cfg(*overrides: str):
     with initialize_config_dir(CONF, version_base="1.3"):
         return compose("train", overrides=["+experiment=plate", "paths.output_dir=x", *overrides])
@@ -70,16 +84,7 @@ def test_cli_data_fault_exits_2_naming_file_and_annotation(tmp_path, synth_dir):
     (root / "train.json").write_text(json.dumps(data))
     (root / "val.json").write_text((synth_dir / "val.json").read_text())
     (root / "images").symlink_to(synth_dir / "images")
-    proc = _cli(
-        tmp_path,
-        "lpr.train",
-        "+experiment=plate",
-        "data=coco",
-        f"data.root={root}",
-        "data.train_json=train.json",
-        "data.val_json=val.json",
-        f"paths.output_dir={tmp_path / 'out'}",
-    )
+    proc = _train_on_coco(tmp_path, root)
     assert proc.returncode == 2, proc.stderr[-2000:]
     ann_id = data["annotations"][3]["id"]
     assert f"annotation {ann_id}" in proc.stderr and "unknown category id 99" in proc.stderr
@@ -90,16 +95,7 @@ def test_cli_json_syntax_error_exits_2_with_line_and_column(tmp_path, synth_dir)
     root = tmp_path / "bad"
     root.mkdir()
     (root / "train.json").write_text('{"images": [}')
-    proc = _cli(
-        tmp_path,
-        "lpr.train",
-        "+experiment=plate",
-        "data=coco",
-        f"data.root={root}",
-        "data.train_json=train.json",
-        "data.val_json=val.json",
-        f"paths.output_dir={tmp_path / 'out'}",
-    )
+    proc = _train_on_coco(tmp_path, root)
     assert proc.returncode == 2
     assert "is not valid JSON" in proc.stderr and "line 1, column 13" in proc.stderr
 
