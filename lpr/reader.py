@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lpr.checkpoint import load
+from lpr.data.validate import read_image_bgr
 from lpr.metrics.dv import boundary_polygon
 from lpr.plates import read_plates
 
@@ -45,11 +46,10 @@ def load_image(image: ImageInput, *, color: str = "bgr") -> tuple[np.ndarray, st
         raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
     if isinstance(image, str | os.PathLike):
         path = Path(image)
-        if not path.is_file() or path.stat().st_size == 0:
-            raise UnreadableImageError(f"{path}: missing or empty file")
-        array = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if array is None:
-            raise UnreadableImageError(f"{path}: not a readable image")
+        try:
+            array = read_image_bgr(path)
+        except OSError as e:
+            raise UnreadableImageError(str(e)) from None
         return cv2.cvtColor(array, cv2.COLOR_BGR2RGB), path.name
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):

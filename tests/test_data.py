@@ -108,6 +108,19 @@ def test_unreadable_image(tmp_path):
         CocoInstances(path, tmp_path)
 
 
+def test_truncated_jpeg(tmp_path, synth_dir):
+    path = _tiny_set(tmp_path)
+    jpeg = (synth_dir / "images" / "train" / "000000.jpg").read_bytes()
+    cv2.imwrite(str(tmp_path / "one.png"), np.zeros((30, 40, 3), np.uint8))
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = "cut.jpg"
+    data["images"][1].update(width=384, height=288)
+    path.write_text(json.dumps(data))
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # OpenCV alone would decode this
+    with pytest.raises(DataValidationError, match=r"cut\.jpg is a truncated JPEG"):
+        CocoInstances(path, tmp_path)
+
+
 def test_image_size_differs_from_json(tmp_path):
     path = _tiny_set(tmp_path)
     cv2.imwrite(str(tmp_path / "two.png"), np.zeros((30, 41, 3), np.uint8))

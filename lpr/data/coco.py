@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from lpr.data.validate import bbox_xywh_to_xyxy, class_names, load_coco_json, validate_coco
+from lpr.data.validate import bbox_xywh_to_xyxy, class_names, load_coco_json, read_image_bgr, validate_coco
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,9 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as an RGB uint8 ``(H, W, 3)`` array.
 
     Raises:
-        OSError: the file is missing or cannot be decoded.
+        OSError: the file is missing, empty, a truncated JPEG, or cannot be decoded.
     """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read image {path} (missing, corrupt or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_image_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 class CocoInstances(Dataset):

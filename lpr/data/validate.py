@@ -71,14 +71,38 @@ def _check_segmentation(seg, ann_id, width: int, height: int) -> str | None:
     return f"annotation {ann_id}: segmentation must be a list of polygons or an RLE dict"
 
 
+def read_image_bgr(path: str | Path) -> np.ndarray:
+    """Decode an image file as BGR uint8 ``(H, W, 3)``; grayscale is expanded, alpha dropped.
+
+    OpenCV decodes a truncated JPEG without an error (the missing part comes out
+    grey), so a JPEG must also end with its end-of-image marker.
+
+    Raises:
+        OSError: the file is missing, empty, a truncated JPEG, or not a decodable image.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"cannot read image {path}: {e.strerror or e}") from None
+    if not data:
+        raise OSError(f"image {path} is an empty file")
+    if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
+        raise OSError(f"image {path} is a truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"image {path} cannot be decoded (corrupt or not an image)")
+    return image
+
+
 def _image_problem(path: Path, width: int, height: int, full: bool) -> str | None:
     if not path.is_file():
         return f"image {path} does not exist"
     if full:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            return f"image {path} cannot be decoded (corrupt or not an image)"
-        h, w = image.shape[:2]
+        try:
+            h, w = read_image_bgr(path).shape[:2]
+        except OSError as e:
+            return str(e)
     else:
         from PIL import Image
 

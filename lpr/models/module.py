@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -185,9 +186,12 @@ class MaskRCNNModule(L.LightningModule):
             if counts
             else ""
         )
+        # in fit: "validation at epoch 3, step 750"; a trainer.validate() after fit is the final, full one
+        when = "validation at" if self.trainer.state.fn == TrainerFn.FITTING else "validation (Trainer.validate) after"
         log.info(
-            "validation at epoch %d, step %d\n  %s\n  %s\n  %s%s | %s",
-            self.current_epoch + 1,
+            "%s epoch %d, step %d\n  %s\n  %s\n  %s%s | %s",
+            when,
+            self.current_epoch + (1 if self.trainer.state.fn == TrainerFn.FITTING else 0),
             self.global_step,
             "  ".join(fmt(k) for k in ("mAP", "mAP_50", "segm_mAP", "segm_mAP_50")),
             "  ".join(fmt(k) for k in ("dv_mAP", "dv_mAP_50", "dv_mAP_75")),
