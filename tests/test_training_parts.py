@@ -101,3 +101,13 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"cut\.ckpt \(300 bytes\) cannot be read: truncated or corrupt"):
         load(truncated)
+
+
+def test_checkpoint_of_another_model_is_named(fast_run, tmp_path):
+    """Weights that do not fit the model its own config describes (e.g. from another architecture)."""
+    ckpt = torch.load(fast_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["net"]["representation_size"] = 256  # the stored weights are for 512
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match=r"other\.ckpt: weights do not fit the model its config describes"):
+        load(other)
