@@ -26,6 +26,7 @@ class CocoDataModule(L.LightningDataModule):
         val_image_root: folder of the validation images (default: ``image_root``).
         batch_size: images per training batch (validation uses the same).
         num_workers: DataLoader worker processes.
+        val_num_workers: workers of the validation loader (default: ``num_workers``).
         train_transforms: ``torchvision.transforms.v2`` transform for training.
         val_transforms: transform for validation (usually ``None``).
         synthesize: keyword arguments of :func:`lpr.data.synth.generate`
@@ -49,6 +50,7 @@ class CocoDataModule(L.LightningDataModule):
         val_image_root: str | None = None,
         batch_size: int = 4,
         num_workers: int = 0,
+        val_num_workers: int | None = None,
         train_transforms: Callable | None = None,
         val_transforms: Callable | None = None,
         synthesize: dict | None = None,
@@ -66,6 +68,7 @@ class CocoDataModule(L.LightningDataModule):
         self.val_image_root = self.root / val_image_root if val_image_root else self.image_root
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
         self.train_transforms = train_transforms
         self.val_transforms = val_transforms
         self.synthesize = dict(synthesize) if synthesize else None
@@ -113,7 +116,7 @@ class CocoDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers if train else self.val_num_workers,
             collate_fn=collate,
             # Training workers stay up between epochs; validation workers exit after each round, so
             # two more processes (about 1.5 GB measured) are not held through the training in between.
