@@ -10,6 +10,7 @@ from lpr.callbacks.checkpoint import checkpoint_callbacks, infer_mode
 from lpr.callbacks.progress import format_eta
 from lpr.checkpoint import CheckpointError, load
 from lpr.data import CocoDataModule
+from lpr.models.maskrcnn import mobilenet_v3_fpn
 from lpr.models.module import MaskRCNNModule
 from lpr.models.schedules import warmup_cosine, warmup_multistep
 
@@ -87,6 +88,50 @@ def test_non_finite_loss_stops_training_with_step_and_losses(synth_dir):
     )
     with pytest.raises(FloatingPointError, match=r"non-finite training loss at global step 0 .*loss_classifier="):
         trainer.fit(module, datamodule=dm)
+
+
+def test_mobilenet_stage_end_feeds_the_last_block_of_each_stage():
+    first, last = mobilenet_v3_fpn(stage_end=False), mobilenet_v3_fpn(stage_end=True)
+    # MobileNetV3-Large: blocks 4-6 at stride 8, 7-12 at stride 16, 13-15 + the 1x1 conv 16 at stride 32
+    assert first.body.return_layers == {"4": "0", "7": "1", "16": "2"}
+    assert last.body.return_layers == {"6": "0", "12": "1", "16": "2"}
+    assert [b[0].in_channels for b in first.fpn.inner_blocks] == [40, 80, 960]
+    assert [b[0].in_channels for b in last.fpn.inner_blocks] == [40, 112, 960]
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        shapes = [{k: tuple(v.shape[-2:]) for k, v in m.eval()(x).items()} for m in (first, last)]
+    assert shapes[0] == shapes[1] == {"0": (8, 12), "1": (4, 6), "2": (2, 3), "pool": (1, 2)}
+
+
+class _OutputDtypes(L.Callback):
+    def __init__(self) -> None:
+        self.dtypes: set[torch.dtype] = set()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.dtypes |= {v.dtype for out in outputs for k, v in out.items() if k in ("boxes", "scores", "masks")}
+
+
+def test_bf16_mixed_training_validates_in_float32(synth_dir):
+    """Under ``precision=bf16-mixed`` the training step runs in bf16 autocast; validation stays float32."""
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01})
+    seen = _OutputDtypes()
+    trainer = L.Trainer(
+        precision="bf16-mixed",
+        max_steps=2,
+        limit_val_batches=1,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[seen],
+    )
+    trainer.fit(module, datamodule=dm)
+    assert seen.dtypes == {torch.float32}
+    assert {"val/mAP", "val/EIR", "val/dv_mAP"} <= set(trainer.callback_metrics)
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # mixed precision keeps fp32 weights
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):

@@ -140,7 +140,10 @@ class MaskRCNNModule(L.LightningModule):
         if self._skip_val_round:
             return None
         images, targets = batch
-        outputs = self.model(images)
+        # Full precision even under a mixed-precision trainer: the metrics then see what
+        # lpr.evaluate and lpr.predict (which run in float32) see.
+        with torch.autocast(self.device.type, enabled=False):
+            outputs = self.model(images)
         self.update_metrics(outputs, targets)
         return outputs
 
