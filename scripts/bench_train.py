@@ -3,7 +3,9 @@
     python scripts/bench_train.py [--steps 30] [--warmup 5] [--repeats 3] [--threads 2] [overrides ...]
 
 Both sides use the same composed ``+experiment=plate`` config: the same model,
-data (the cached synthetic set), batch size, DataLoader and torch threads. The
+data (the cached synthetic set), batch size, DataLoader, torch threads and
+precision (the recipe's ``bf16-mixed``: the bare forward runs under
+``torch.autocast("cpu", torch.bfloat16)``, as Lightning's does). The
 bare loop is ``model(images, targets)``, ``loss.backward()``, ``opt.step()``;
 lpr is ``Trainer.fit`` with the recipe's callbacks (progress log, memory guard,
 consistency check) and its TensorBoard logger, validation and checkpoint
@@ -47,13 +49,17 @@ def bare_loop(cfg, datamodule, steps: int, warmup: int) -> float:
     module = instantiate(cfg.model, classes=datamodule.classes, _recursive_=False)
     model = module.model.train()
     optimizer = instantiate(cfg.model.optimizer, params=model.parameters(), _convert_="all")
+    # the recipe's trainer.precision: bf16-mixed is the forward under CPU bf16 autocast
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
     loader = iter(datamodule.train_dataloader())
     start = None
     for step in range(steps):
         if step == warmup:
             start = time.perf_counter()
         images, targets = next(loader)
-        loss = sum(model(images, targets).values())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses = model(images, targets)
+        loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -68,6 +74,7 @@ def lpr_fit(cfg, datamodule, steps: int, warmup: int, out: Path) -> float:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
+        precision=cfg.trainer.precision,
         max_steps=steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -100,7 +107,8 @@ def main() -> None:
             print(f"repeat {r + 1}: bare {bare[-1]:.2f} img/s, lpr {ours[-1]:.2f} img/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)
     print(
-        f"config: +experiment=plate {' '.join(args.overrides)} | batch {datamodule.batch_size}, "
+        f"config: +experiment=plate {' '.join(args.overrides)} | precision {cfg.trainer.precision}, "
+        f"batch {datamodule.batch_size}, "
         f"workers {datamodule.num_workers}, torch threads {args.threads}, {args.steps} steps "
         f"({args.warmup} warm-up) x {args.repeats} repeats, alternating"
     )

@@ -5,6 +5,8 @@
 Uses the composed ``+experiment=plate`` model and data. ``--ckpt`` starts from a
 trained checkpoint (the RoI heads cost more once proposals are good: more
 positive RoIs reach the mask head). Forward parts are timed with module hooks.
+The forward runs under bf16 autocast when the recipe's ``trainer.precision`` is
+``bf16-mixed``, as in training.
 """
 
 from __future__ import annotations
@@ -57,13 +59,15 @@ def main() -> None:
             lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - started[n])
         )
 
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
     loader = iter(datamodule.train_dataloader())
     for step in range(args.steps + 3):
         if step == 3:  # warm-up steps are not counted
             spent.clear()
         images, targets = next(loader)
         t0 = time.perf_counter()
-        losses = model(images, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses = model(images, targets)
         t1 = time.perf_counter()
         optimizer.zero_grad()
         sum(losses.values()).backward()
@@ -75,7 +79,7 @@ def main() -> None:
         spent["optimizer step"] += t3 - t2
     total = spent["forward (all)"] + spent["backward"] + spent["optimizer step"]
     print(
-        f"{args.steps} steps, batch {datamodule.batch_size}, threads {args.threads}, "
+        f"{args.steps} steps, batch {datamodule.batch_size}, threads {args.threads}, {cfg.trainer.precision}, "
         f"{'from ' + args.ckpt if args.ckpt else 'fresh model'}: {total / args.steps:.3f} s/step"
     )
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
