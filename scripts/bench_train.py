@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from plate_setup import plate_config_and_data
+from plate_setup import plate_config_and_data, train_autocast
 
 from lpr.train import _instantiate_all
 
@@ -49,15 +49,13 @@ def bare_loop(cfg, datamodule, steps: int, warmup: int) -> float:
     module = instantiate(cfg.model, classes=datamodule.classes, _recursive_=False)
     model = module.model.train()
     optimizer = instantiate(cfg.model.optimizer, params=model.parameters(), _convert_="all")
-    # the recipe's trainer.precision: bf16-mixed is the forward under CPU bf16 autocast
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
     loader = iter(datamodule.train_dataloader())
     start = None
     for step in range(steps):
         if step == warmup:
             start = time.perf_counter()
         images, targets = next(loader)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with train_autocast(cfg):
             losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -21,3 +22,9 @@ def plate_config_and_data(overrides: list[str]) -> tuple[DictConfig, CocoDataMod
     datamodule.prepare_data()
     datamodule.setup("fit")
     return cfg, datamodule
+
+
+def train_autocast(cfg: DictConfig) -> torch.autocast:
+    """The forward's autocast under the recipe's ``trainer.precision`` (``bf16-mixed``: bf16 on the CPU,
+    as Lightning applies it); disabled for full precision."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16"))

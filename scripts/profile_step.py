@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import torch
 from hydra.utils import instantiate
-from plate_setup import plate_config_and_data
+from plate_setup import plate_config_and_data, train_autocast
 
 from lpr.checkpoint import load
 
@@ -59,14 +59,13 @@ def main() -> None:
             lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - started[n])
         )
 
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
     loader = iter(datamodule.train_dataloader())
     for step in range(args.steps + 3):
         if step == 3:  # warm-up steps are not counted
             spent.clear()
         images, targets = next(loader)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with train_autocast(cfg):
             losses = model(images, targets)
         t1 = time.perf_counter()
         optimizer.zero_grad()
