@@ -22,6 +22,7 @@ from lpr.callbacks.consistency import ConsistencyError
 from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from lpr.config_check import ConfigError, clear_errors, validate_train_config
 from lpr.data.validate import DataValidationError
+from lpr.hardware import cpu_precision
 from lpr.models.module import MaskRCNNModule
 from lpr.models.transfer import transfer_weights
 from lpr.sweep import best_values, optimization_direction, write_job_summary
@@ -32,6 +33,8 @@ log = logging.getLogger("lpr.train")
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer`")
 # ${lpr.direction:val/EIR} -> "maximize": lets sweep configs derive the direction from the watched key.
 OmegaConf.register_new_resolver("lpr.direction", optimization_direction, replace=True)
+# ${lpr.cpu_precision:} -> "bf16-mixed" on CPUs with native bf16, else "32-true" (lpr/hardware.py).
+OmegaConf.register_new_resolver("lpr.cpu_precision", lambda: cpu_precision(), replace=True)
 
 
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:

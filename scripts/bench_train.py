@@ -3,9 +3,10 @@
     python scripts/bench_train.py [--steps 30] [--warmup 5] [--repeats 3] [--threads 2] [overrides ...]
 
 Both sides use the same composed ``+experiment=plate`` config: the same model,
-data (the cached synthetic set), batch size, DataLoader, torch threads and
-precision (the recipe's ``bf16-mixed``: the bare forward runs under
-``torch.autocast("cpu", torch.bfloat16)``, as Lightning's does). The
+data (the cached synthetic set), batch size, DataLoader, torch threads, memory
+format and precision (the recipe's: ``bf16-mixed`` on a CPU with native bf16,
+where the bare forward runs under ``torch.autocast("cpu", torch.bfloat16)`` as
+Lightning's does, else fp32). The
 bare loop is ``model(images, targets)``, ``loss.backward()``, ``opt.step()``;
 lpr is ``Trainer.fit`` with the recipe's callbacks (progress log, memory guard,
 consistency check) and its TensorBoard logger, validation and checkpoint

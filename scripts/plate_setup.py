@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+import lpr.train  # noqa: F401  (registers the config resolvers)
 from lpr.data import CocoDataModule
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -25,6 +26,6 @@ def plate_config_and_data(overrides: list[str]) -> tuple[DictConfig, CocoDataMod
 
 
 def train_autocast(cfg: DictConfig) -> torch.autocast:
-    """The forward's autocast under the recipe's ``trainer.precision`` (``bf16-mixed``: bf16 on the CPU,
-    as Lightning applies it); disabled for full precision."""
+    """The forward's autocast under the recipe's ``trainer.precision`` (``bf16-mixed`` where the CPU has
+    native bf16: bf16 autocast, as Lightning applies it); disabled for full precision."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16"))

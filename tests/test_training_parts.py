@@ -10,7 +10,15 @@ from lpr.callbacks.checkpoint import checkpoint_callbacks, infer_mode
 from lpr.callbacks.progress import format_eta
 from lpr.checkpoint import CheckpointError, load
 from lpr.data import CocoDataModule
-from lpr.models.maskrcnn import mobilenet_v3_fpn
+from lpr.hardware import cpu_flags, cpu_precision
+from lpr.models.maskrcnn import (
+    BackboneWithImage,
+    LevelRPN,
+    PixelBoxHead,
+    PixelRoIPool,
+    build_maskrcnn,
+    mobilenet_v3_fpn,
+)
 from lpr.models.module import MaskRCNNModule
 from lpr.models.schedules import warmup_cosine, warmup_multistep
 
@@ -20,6 +28,13 @@ NET = {
     "representation_size": 64,
     "mask_head_layers": [16],
 }
+
+
+def quiet_trainer(**kw) -> L.Trainer:
+    """A CPU Trainer with no logger, checkpoints, progress bar or summary (and no validation unless asked)."""
+    defaults = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return L.Trainer(**{**defaults, **off, **kw})
 
 
 @pytest.mark.parametrize(
@@ -78,14 +93,7 @@ class _NaNImages:
 def test_non_finite_loss_stops_training_with_step_and_losses(synth_dir):
     dm = CocoDataModule(str(synth_dir), batch_size=2, train_transforms=_NaNImages(), check_images="none")
     module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01})
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=2)
     with pytest.raises(FloatingPointError, match=r"non-finite training loss at global step 0 .*loss_classifier="):
         trainer.fit(module, datamodule=dm)
 
@@ -116,17 +124,8 @@ def test_bf16_mixed_training_validates_in_float32(synth_dir):
     dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
     module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01})
     seen = _OutputDtypes()
-    trainer = L.Trainer(
-        precision="bf16-mixed",
-        max_steps=2,
-        limit_val_batches=1,
-        val_check_interval=2,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[seen],
+    trainer = quiet_trainer(
+        precision="bf16-mixed", max_steps=2, limit_val_batches=1, val_check_interval=2, callbacks=[seen]
     )
     trainer.fit(module, datamodule=dm)
     assert seen.dtypes == {torch.float32}
@@ -156,3 +155,119 @@ def test_checkpoint_of_another_model_is_named(fast_run, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match=r"other\.ckpt: weights do not fit the model its config describes"):
         load(other)
+
+
+def test_rpn_on_a_subset_of_maps_leaves_the_stride4_map_to_the_roi_heads():
+    """``rpn_featmap_names`` keeps the RPN (and its anchors) off map "0"; the RoI heads still pool from it."""
+    backbone = mobilenet_v3_fpn(returned_layers=[1, 2, 3, 5], out_channels=32)
+    model = build_maskrcnn(
+        num_classes=3,
+        backbone=backbone,
+        anchor_sizes=[[16], [32], [64], [128]],
+        min_size=128,
+        max_size=160,
+        representation_size=64,
+        mask_head_layers=[16],
+        rpn_featmap_names=["pool", "1", "2", "3"],  # any order: the backbone's is used
+    )
+    assert isinstance(model.rpn, LevelRPN) and model.rpn.featmap_names == ["1", "2", "3", "pool"]
+    seen: list[list[tuple[int, int]]] = []
+    model.rpn.head.register_forward_hook(lambda m, args, out: seen.append([tuple(f.shape[-2:]) for f in args[0]]))
+    image = torch.rand(3, 128, 160)
+    target = {
+        "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0]]),
+        "labels": torch.tensor([1]),
+        "masks": torch.zeros(1, 128, 160, dtype=torch.uint8),
+    }
+    target["masks"][0, 30:70, 20:40] = 1
+    losses = model.train()([image], [target])
+    assert set(losses) >= {"loss_objectness", "loss_classifier", "loss_mask"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert seen == [[(16, 20), (8, 10), (4, 5), (2, 3)]]  # strides 8, 16, 32, 64: no stride-4 map
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]
+    assert model.roi_heads.box_roi_pool.scales[0] == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match=r"rpn_featmap_names must be distinct names among"):
+        build_maskrcnn(num_classes=3, backbone=backbone, rpn_featmap_names=["0", "5"])
+    with pytest.raises(ValueError, match=r"one tuple per feature map of the RPN \(3: \['1', '2', 'pool'\]\)"):
+        build_maskrcnn(num_classes=3, backbone=backbone, rpn_featmap_names=["1", "2", "pool"])
+
+
+def test_channels_last_module_keeps_nhwc_weights_through_a_checkpoint(synth_dir, tmp_path):
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01}, channels_last=True)
+    convs = [m.weight for m in module.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    ckpt["lpr"] = {"classes": list(dm.classes)}
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    loaded = load(tmp_path / "m.ckpt")
+    weights = dict(loaded.model.named_parameters())
+    for name, w in module.model.named_parameters():
+        assert torch.equal(weights[name], w.detach())
+    conv = loaded.model.backbone.fpn.layer_blocks[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision"),
+    [
+        ("fpu sse avx512f avx512_vnni", "32-true"),  # AVX-512 without bf16: emulated, slower
+        ("fpu avx512f avx512_bf16", "bf16-mixed"),
+        ("fpu amx_bf16 amx_tile", "bf16-mixed"),
+        ("", "32-true"),
+    ],
+)
+def test_cpu_precision_follows_the_cpu_flags(tmp_path, flags, precision):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_precision(cpu_flags.__wrapped__(str(cpuinfo))) == precision
+    assert cpu_flags.__wrapped__(str(tmp_path / "missing")) == frozenset()
+
+
+def test_pixel_roi_pool_crops_a_square_around_each_box_from_the_input():
+    pool = PixelRoIPool(["0"], size=8, context=0.0)
+    image = torch.zeros(1, 3, 64, 64)
+    image[:, 0, :, 32:] = 1.0  # red on the right half
+    image[:, 1, 40:, :] = 1.0  # green in the bottom rows
+    features = {"0": torch.rand(1, 4, 16, 16), "image": image}
+    boxes = torch.tensor([[40.0, 8.0, 56.0, 16.0], [4.0, 44.0, 12.0, 60.0]])  # 16x8 and 8x16
+    fpn, pixels = pool(features, [boxes], [(64, 64)])
+    assert fpn.shape == (2, 4, 7, 7) and pixels.shape == (2, 3, 8, 8)
+    assert torch.allclose(pixels[0, 0], torch.ones(8, 8)) and pixels[0, 1].max() == 0  # right half, top
+    assert pixels[1, 0].max() == 0 and torch.allclose(pixels[1, 1], torch.ones(8, 8))  # left half, bottom
+    # square: the 16x8 box is read as 16x16 around its centre, rows 4..20 (pixel row r holds value r;
+    # each of the 8 output rows averages two samples 1 px apart)
+    rows = torch.arange(64.0).view(1, 1, 64, 1).expand(1, 3, 64, 64)
+    _, square = pool({**features, "image": rows}, [boxes], [(64, 64)])
+    assert square[0, 0, 0, 0] == pytest.approx(4.5) and square[0, 0, -1, 0] == pytest.approx(18.5)
+
+
+def test_pixel_box_head_trains_and_its_cnn_gets_gradients():
+    model = build_maskrcnn(
+        num_classes=3,
+        backbone=mobilenet_v3_fpn(out_channels=32),
+        min_size=128,
+        max_size=160,
+        representation_size=64,
+        mask_head_layers=[16],
+        pixel_head={"size": 16, "channels": [8, 16]},
+    )
+    assert isinstance(model.backbone, BackboneWithImage) and isinstance(model.roi_heads.box_head, PixelBoxHead)
+    assert model.roi_heads.box_predictor.cls_score.in_features == 64 + 16
+    assert isinstance(model.rpn, LevelRPN) and "image" not in model.rpn.featmap_names
+    assert "backbone.body.0.0.weight" in model.state_dict()  # the body keeps its keys
+    image = torch.rand(3, 128, 160)
+    target = {
+        "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0]]),
+        "labels": torch.tensor([2]),
+        "masks": torch.zeros(1, 128, 160, dtype=torch.uint8),
+    }
+    losses = model.train()([image], [target])
+    sum(losses.values()).backward()
+    grad = model.roi_heads.box_head.pixels[0].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    detections = model.eval()([image])[0]
+    assert set(detections) == {"boxes", "labels", "scores", "masks"}

@@ -12,8 +12,10 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 NormLayer = Callable[[int], nn.Module]
@@ -95,6 +97,92 @@ def resnet50_fpn_v2(
     )
 
 
+class LevelRPN(RegionProposalNetwork):
+    """torchvision's RPN on a chosen subset of the feature maps (the RoI heads may use more).
+
+    A stride-4 map sharpens the RoI features of small characters; proposing from it
+    as well would cost a 3x3 conv over 4x the positions of the stride-8 map and
+    anchors there add little, so the RPN can leave it out.
+    """
+
+    def __init__(self, *args, featmap_names: Sequence[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.featmap_names = list(featmap_names)
+
+    def forward(
+        self, images: ImageList, features: dict[str, torch.Tensor], targets: list[dict] | None = None
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        return super().forward(images, {name: features[name] for name in self.featmap_names}, targets)
+
+
+class BackboneWithImage(nn.Module):
+    """A body + FPN that also hands its input on, as map ``"image"`` (stride 1), to heads that read pixels.
+
+    Holds the given backbone's ``body`` and ``fpn`` under the same names, so the weights
+    keep their keys.
+    """
+
+    def __init__(self, backbone: BackboneWithFPN) -> None:
+        super().__init__()
+        self.body, self.fpn, self.out_channels = backbone.body, backbone.fpn, backbone.out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.fpn(self.body(x))
+        features["image"] = x
+        return features
+
+
+class PixelRoIPool(nn.Module):
+    """RoI features from the FPN maps, plus each RoI's own pixels (``size`` x ``size``, with context).
+
+    Returns ``(fpn_features (N, C, 7, 7), pixels (N, 3, size, size))`` for :class:`PixelBoxHead`.
+    """
+
+    def __init__(self, featmap_names: Sequence[str], *, size: int = 16, context: float = 0.2) -> None:
+        super().__init__()
+        self.pool = MultiScaleRoIAlign(list(featmap_names), output_size=7, sampling_ratio=2)
+        self.size, self.context = size, context
+
+    def forward(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.pool(features, proposals, image_shapes)
+        boxes = []
+        for b in proposals:  # a square around each box's centre: glyphs keep their aspect ratio
+            centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]).amax(1, keepdim=True) * (0.5 + self.context)
+            boxes.append(torch.cat([centre - half, centre + half], 1).to(features["image"].dtype))
+        pixels = roi_align(features["image"], boxes, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return pooled, pixels
+
+
+class PixelBoxHead(nn.Module):
+    """The box MLP on the FPN's RoI features, side by side with a small CNN on the RoI's pixels.
+
+    Characters of 10-16 px are misread from stride-8 FPN features although a small
+    classifier reads every one from the pixels of its box (``scripts/char_ceiling.py``):
+    this CNN gives the classifier and box regressor those pixels. Output width:
+    ``representation_size + channels[-1]``.
+    """
+
+    def __init__(self, in_channels: int, representation_size: int, channels: Sequence[int] = (32, 64, 128)) -> None:
+        super().__init__()
+        self.mlp = TwoMLPHead(in_channels * 7 * 7, representation_size)
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, c in enumerate(channels):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(2 if i < len(channels) - 1 else 1):
+                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), group_norm(c), nn.ReLU(inplace=True)]
+                c_in = c
+        self.pixels = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_features = representation_size + c_in
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        features, pixels = x
+        return torch.cat([self.mlp(features), self.pixels(pixels)], 1)
+
+
 def build_maskrcnn(
     *,
     num_classes: int,
@@ -114,6 +202,8 @@ def build_maskrcnn(
     box_score_thresh: float = 0.05,
     representation_size: int = 512,
     mask_head_layers: Sequence[int] = (128, 128),
+    rpn_featmap_names: Sequence[str] | None = None,
+    pixel_head: dict | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -121,8 +211,8 @@ def build_maskrcnn(
         num_classes: classes including background, i.e. ``len(classes) + 1``.
         backbone: a body + FPN (see :func:`mobilenet_v3_fpn`, :func:`resnet50_fpn_v2`);
             its feature maps are named ``"0"``, ``"1"``, ... plus ``"pool"``.
-        anchor_sizes: anchor sizes (pixels) per feature map, one tuple per map
-            including the pool level.
+        anchor_sizes: anchor sizes (pixels) per feature map the RPN uses, one tuple
+            per map including the pool level.
         aspect_ratios: anchor height/width ratios, the same on every map;
             characters are tall (2.0), one-line boards wide (0.25).
         anchor_scale: multiplies every anchor size (one knob for sweeps).
@@ -138,6 +228,10 @@ def build_maskrcnn(
         box_score_thresh: detections below this score are dropped at inference.
         representation_size: width of the two-layer box MLP.
         mask_head_layers: channels of each mask-head conv.
+        rpn_featmap_names: the maps the RPN proposes from (e.g. ``["1", "2", "3", "pool"]``
+            to leave a stride-4 map ``"0"`` to the RoI heads); ``None``: all of them.
+        pixel_head: ``{size, context, channels}`` to give the box head each RoI's pixels
+            through a small CNN (:class:`PixelBoxHead`); ``None``: torchvision's MLP alone.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -146,10 +240,14 @@ def build_maskrcnn(
     if num_classes < 2:
         raise ValueError(f"num_classes counts background, so it must be >= 2, got {num_classes}")
     featmap_names = [name for name in backbone.body.return_layers.values()]
-    n_maps = len(featmap_names) + 1  # + the max-pool level
-    if len(anchor_sizes) != n_maps:
+    all_maps = [*featmap_names, "pool"]
+    rpn_maps = all_maps if rpn_featmap_names is None else list(rpn_featmap_names)
+    if not rpn_maps or any(name not in all_maps for name in rpn_maps) or len(set(rpn_maps)) != len(rpn_maps):
+        raise ValueError(f"rpn_featmap_names must be distinct names among {all_maps}, got {rpn_featmap_names}")
+    rpn_maps = [name for name in all_maps if name in rpn_maps]  # the backbone's order: anchors follow it
+    if len(anchor_sizes) != len(rpn_maps):
         raise ValueError(
-            f"anchor_sizes needs one tuple per feature map ({n_maps}: {featmap_names} + pool), "
+            f"anchor_sizes needs one tuple per feature map of the RPN ({len(rpn_maps)}: {rpn_maps}), "
             f"got {len(anchor_sizes)}: {anchor_sizes}"
         )
     if anchor_scale <= 0:
@@ -160,7 +258,18 @@ def build_maskrcnn(
     )
     channels = backbone.out_channels
     mask_head_layers = list(mask_head_layers)
-    return MaskRCNN(
+    box_roi_pool: nn.Module = MultiScaleRoIAlign(featmap_names, output_size=7, sampling_ratio=2)
+    if pixel_head is None:
+        box_head: nn.Module = TwoMLPHead(channels * 7 * 7, representation_size)
+        box_features = representation_size
+    else:
+        pixel_head = dict(pixel_head)
+        size, context = pixel_head.pop("size", 16), pixel_head.pop("context", 0.2)
+        box_roi_pool = PixelRoIPool(featmap_names, size=size, context=context)
+        box_head = PixelBoxHead(channels, representation_size, **pixel_head)
+        box_features = box_head.out_features
+        backbone = BackboneWithImage(backbone)
+    model = MaskRCNN(
         backbone,
         num_classes=None,
         min_size=min_size,
@@ -171,9 +280,9 @@ def build_maskrcnn(
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         rpn_batch_size_per_image=rpn_batch_size_per_image,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(channels * 7 * 7, representation_size),
-        box_predictor=FastRCNNPredictor(representation_size, num_classes),
+        box_roi_pool=None,  # torchvision accepts only a MultiScaleRoIAlign here: set below
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_features, num_classes),
         box_batch_size_per_image=box_batch_size_per_image,
         box_detections_per_img=box_detections_per_img,
         box_score_thresh=box_score_thresh,
@@ -181,3 +290,20 @@ def build_maskrcnn(
         mask_head=MaskRCNNHeads(channels, mask_head_layers, dilation=1),
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
+    model.roi_heads.box_roi_pool = box_roi_pool
+    if rpn_maps != all_maps or pixel_head is not None:  # the same RPN (torchvision's defaults), on fewer maps
+        rpn = model.rpn
+        model.rpn = LevelRPN(
+            anchors,
+            RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=rpn.proposal_matcher.high_threshold,
+            bg_iou_thresh=rpn.proposal_matcher.low_threshold,
+            batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
+            positive_fraction=rpn.fg_bg_sampler.positive_fraction,
+            pre_nms_top_n=rpn._pre_nms_top_n,
+            post_nms_top_n=rpn._post_nms_top_n,
+            nms_thresh=rpn.nms_thresh,
+            score_thresh=rpn.score_thresh,
+            featmap_names=rpn_maps,
+        )
+    return model

@@ -55,6 +55,9 @@ class MaskRCNNModule(L.LightningModule):
         metrics: validation metric settings: ``{"dv": {k, min_points}, "plates": {score_thr,
             char_nms_iou, sub_pattern, main_pattern, width_ratio, height_ratio}}`` (defaults
             of DESIGN.md §5 for anything left out).
+        channels_last: keep the network's weights in NHWC, so that oneDNN's convolutions run
+            channels-last (1.2x faster fp32 training steps on a CPU, docs/recipe.md); weights
+            and checkpoints are the same either way.
 
     Example:
         >>> optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
@@ -68,6 +71,7 @@ class MaskRCNNModule(L.LightningModule):
         optimizer: dict,
         scheduler: dict | None = None,
         metrics: dict | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         classes, net, optimizer, scheduler = plain(classes), plain(net), plain(optimizer), plain(scheduler)
@@ -77,6 +81,8 @@ class MaskRCNNModule(L.LightningModule):
         self.save_hyperparameters()
         self.classes: list[str] = list(classes)
         self.model = instantiate(net, num_classes=len(classes) + 1, _convert_="all")
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.val_map = CocoMAP(len(classes))
         self.val_dv = DVMeanAP(len(classes), **metrics.get("dv", {}))
         self.val_eir = ExactInferenceRate(classes, **metrics.get("plates", {}))
