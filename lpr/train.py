@@ -34,7 +34,7 @@ warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_
 # ${lpr.direction:val/EIR} -> "maximize": lets sweep configs derive the direction from the watched key.
 OmegaConf.register_new_resolver("lpr.direction", optimization_direction, replace=True)
 # ${lpr.cpu_precision:} -> "bf16-mixed" on CPUs with native bf16, else "32-true" (lpr/hardware.py).
-OmegaConf.register_new_resolver("lpr.cpu_precision", lambda: cpu_precision(), replace=True)
+OmegaConf.register_new_resolver("lpr.cpu_precision", cpu_precision, replace=True)
 
 
 def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
