@@ -63,6 +63,11 @@ def is_character_class(name: str) -> bool:
     return len(name) == 1 and name.isalnum()
 
 
+def character_labels(classes: Sequence[str]) -> list[int]:
+    """The model labels (``index + 1``) of the character classes of a class list."""
+    return [i + 1 for i, name in enumerate(classes) if is_character_class(name)]
+
+
 def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of xyxy boxes ``a (N,4)`` and ``b (M,4)``; a union of 0 gives 1.0."""
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])

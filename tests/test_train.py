@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lpr.data.synth import PLATE_CLASSES
 from lpr.models.transfer import CLASS_HEADS
+from lpr.plates import is_character_class
 from lpr.train import build_module, train
 
 VAL_TAGS = [
@@ -145,6 +146,12 @@ def test_init_from_carries_head_rows_by_class_name(fast_run, new_classes):
             assert torch.equal(mine[key], theirs[key]), f"{name}: {key}"
     for head, rows in CLASS_HEADS.items():  # background row kept
         assert torch.equal(state[f"model.{head}.weight"][:rows], source[f"model.{head}.weight"][:rows])
+    # the character reader's rows (characters only, no background) follow the names too
+    reader = "model.roi_heads.reader.classifier.weight"
+    source_chars = [c for c in PLATE_CLASSES if is_character_class(c)]
+    for j, name in enumerate(c for c in new_classes if is_character_class(c)):
+        if name in source_chars:
+            assert torch.equal(state[reader][j], source[reader][source_chars.index(name)]), name
     key = "model.backbone.fpn.inner_blocks.0.0.weight"
     assert torch.equal(state[key], source[key])
 

@@ -13,6 +13,7 @@ from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FeaturePyramidNetwork
 
 from lpr.models.maskrcnn import mobilenet_v3_fpn, resnet50_fpn_v2
+from lpr.plates import character_labels
 
 
 class ConsistencyError(ValueError):
@@ -24,7 +25,8 @@ BODY_BLOCKS = {mobilenet_v3_fpn: InvertedResidual, resnet50_fpn_v2: Bottleneck}
 
 
 def check_heads(model: nn.Module, classes: Sequence[str]) -> None:
-    """``cls_score``, ``bbox_pred`` and the mask logits must have ``len(classes) + 1`` classes."""
+    """``cls_score``, ``bbox_pred`` and the mask logits must have ``len(classes) + 1`` classes, and a
+    character reader must read the labels of the character classes."""
     n = len(classes) + 1
     heads = model.roi_heads
     sizes = {
@@ -38,6 +40,12 @@ def check_heads(model: nn.Module, classes: Sequence[str]) -> None:
                 f"{name} has {got} outputs but the class list needs {want} (len(classes) + 1 = {n}, "
                 f"classes {list(classes)})"
             )
+    reader = getattr(heads, "reader", None)
+    if reader is not None and reader.char_labels.tolist() != character_labels(classes):
+        raise ConsistencyError(
+            f"the character reader reads labels {reader.char_labels.tolist()} but the character classes of "
+            f"{list(classes)} have labels {character_labels(classes)}"
+        )
 
 
 def check_backbone(model: nn.Module, net_cfg: dict) -> None:

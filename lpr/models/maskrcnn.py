@@ -18,6 +18,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads, pixel_cnn, sampling_settings, square_boxes
+
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -128,7 +130,7 @@ class BackboneWithImage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.fpn(self.body(x))
-        features["image"] = x
+        features[IMAGE_KEY] = x
         return features
 
 
@@ -147,11 +149,9 @@ class PixelRoIPool(nn.Module):
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.pool(features, proposals, image_shapes)
-        boxes = []
-        for b in proposals:  # a square around each box's centre: glyphs keep their aspect ratio
-            centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]).amax(1, keepdim=True) * (0.5 + self.context)
-            boxes.append(torch.cat([centre - half, centre + half], 1).to(features["image"].dtype))
-        pixels = roi_align(features["image"], boxes, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        image = features[IMAGE_KEY]
+        boxes = [square_boxes(b, self.context).to(image.dtype) for b in proposals]  # glyphs keep their aspect
+        pixels = roi_align(image, boxes, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return pooled, pixels
 
 
@@ -167,16 +167,8 @@ class PixelBoxHead(nn.Module):
     def __init__(self, in_channels: int, representation_size: int, channels: Sequence[int] = (32, 64, 128)) -> None:
         super().__init__()
         self.mlp = TwoMLPHead(in_channels * 7 * 7, representation_size)
-        layers: list[nn.Module] = []
-        c_in = 3
-        for i, c in enumerate(channels):
-            if i:
-                layers.append(nn.MaxPool2d(2))
-            for _ in range(2 if i < len(channels) - 1 else 1):
-                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), group_norm(c), nn.ReLU(inplace=True)]
-                c_in = c
-        self.pixels = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.out_features = representation_size + c_in
+        self.pixels = pixel_cnn(channels, group_norm)
+        self.out_features = representation_size + channels[-1]
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         features, pixels = x
@@ -204,6 +196,8 @@ def build_maskrcnn(
     mask_head_layers: Sequence[int] = (128, 128),
     rpn_featmap_names: Sequence[str] | None = None,
     pixel_head: dict | None = None,
+    char_reader: dict | None = None,
+    char_labels: Sequence[int] | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -232,6 +226,11 @@ def build_maskrcnn(
             to leave a stride-4 map ``"0"`` to the RoI heads); ``None``: all of them.
         pixel_head: ``{size, context, channels}`` to give the box head each RoI's pixels
             through a small CNN (:class:`PixelBoxHead`); ``None``: torchvision's MLP alone.
+        char_reader: ``{size, context, channels, jitter}`` of a :class:`~lpr.models.char_reader.CharReader`
+            that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`);
+            ``None``: the box classifier names them.
+        char_labels: the labels of the character classes, required with ``char_reader``
+            (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -268,6 +267,7 @@ def build_maskrcnn(
         box_roi_pool = PixelRoIPool(featmap_names, size=size, context=context)
         box_head = PixelBoxHead(channels, representation_size, **pixel_head)
         box_features = box_head.out_features
+    if pixel_head is not None or char_reader is not None:
         backbone = BackboneWithImage(backbone)
     model = MaskRCNN(
         backbone,
@@ -291,15 +291,18 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
     model.roi_heads.box_roi_pool = box_roi_pool
-    if rpn_maps != all_maps or pixel_head is not None:  # the same RPN (torchvision's defaults), on fewer maps
+    if char_reader is not None:
+        if not char_labels:
+            raise ValueError("char_reader needs char_labels: the labels of the character classes")
+        reader = CharReader(char_labels, **char_reader)
+        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader)
+    # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
+    if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
         rpn = model.rpn
         model.rpn = LevelRPN(
             anchors,
             RPNHead(channels, anchors.num_anchors_per_location()[0]),
-            fg_iou_thresh=rpn.proposal_matcher.high_threshold,
-            bg_iou_thresh=rpn.proposal_matcher.low_threshold,
-            batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
-            positive_fraction=rpn.fg_bg_sampler.positive_fraction,
+            **sampling_settings(rpn),
             pre_nms_top_n=rpn._pre_nms_top_n,
             post_nms_top_n=rpn._post_nms_top_n,
             nms_thresh=rpn.nms_thresh,

@@ -16,10 +16,12 @@ from torch import nn
 
 from lpr.callbacks.consistency import check_classes
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
+from lpr.plates import character_labels
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+# torchvision's five losses, and loss_reader when the model has a character reader
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg", "loss_reader")
 VAL_KEYS = ("mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR", "plate_precision")
 
 
@@ -80,7 +82,17 @@ class MaskRCNNModule(L.LightningModule):
             raise ValueError(f"classes must be a non-empty list of unique names, got {classes}")
         self.save_hyperparameters()
         self.classes: list[str] = list(classes)
-        self.model = instantiate(net, num_classes=len(classes) + 1, _convert_="all")
+        # a character reader (lpr.models.char_reader) is told which labels are characters; the rest of the
+        # network only needs the number of classes
+        extra = {}
+        if net.get("char_reader") is not None:
+            extra["char_labels"] = character_labels(classes)
+            if not extra["char_labels"]:
+                raise ValueError(
+                    f"model.net.char_reader reads characters, but the class list {classes} has no character "
+                    "class (single-character names); set model.net.char_reader=null"
+                )
+        self.model = instantiate(net, num_classes=len(classes) + 1, **extra, _convert_="all")
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.val_map = CocoMAP(len(classes))

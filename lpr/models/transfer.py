@@ -7,18 +7,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-# Class-specific parameters of torchvision's Mask R-CNN heads and the rows per class.
+from lpr.plates import is_character_class
+
+# Class-specific parameters of torchvision's Mask R-CNN heads and the rows per class (row 0: background).
 CLASS_HEADS = {
     "roi_heads.box_predictor.cls_score": 1,
     "roi_heads.box_predictor.bbox_pred": 4,
     "roi_heads.mask_predictor.mask_fcn_logits": 1,
 }
+# The character reader's outputs: one row per character class, in label order, no background.
+CHARACTER_HEADS = {"roi_heads.reader.classifier": 1}
 
 
-def _head_of(name: str) -> tuple[str, int] | None:
-    for head, rows in CLASS_HEADS.items():
-        if name.endswith(f"{head}.weight") or name.endswith(f"{head}.bias"):
-            return head, rows
+def _head_of(name: str) -> tuple[int, bool] | None:
+    """``(rows per class, per character class)`` of a class-specific parameter, else ``None``."""
+    for heads, characters in ((CLASS_HEADS, False), (CHARACTER_HEADS, True)):
+        for head, rows in heads.items():
+            if name.endswith(f"{head}.weight") or name.endswith(f"{head}.bias"):
+                return rows, characters
     return None
 
 
@@ -34,6 +40,8 @@ def transfer_weights(
     class-specific heads (``cls_score``, ``bbox_pred``, mask logits), the
     background row and the rows of every class present in both lists are
     copied by class NAME; rows of new classes keep their fresh initialisation.
+    The character reader's output rows (one per character class) are matched
+    by name the same way.
 
     Args:
         source: a state dict (the module's, keys may carry a ``model.`` prefix).
@@ -46,6 +54,8 @@ def transfer_weights(
     """
     src_row = {name: i + 1 for i, name in enumerate(source_classes)}
     pairs = [(0, 0)] + [(src_row[n], j + 1) for j, n in enumerate(target_classes) if n in src_row]
+    src_chars = {name: i for i, name in enumerate(filter(is_character_class, source_classes))}
+    char_pairs = [(src_chars[n], j) for j, n in enumerate(filter(is_character_class, target_classes)) if n in src_chars]
     state = target.state_dict()
     skipped = []
     with torch.no_grad():
@@ -61,8 +71,8 @@ def transfer_weights(
                 else:
                     skipped.append(name)
                 continue
-            _, rows = head
-            for s, d in pairs:
+            rows, characters = head
+            for s, d in char_pairs if characters else pairs:
                 dst[d * rows : (d + 1) * rows] = src[s * rows : (s + 1) * rows]
     target.load_state_dict(state)
     return {

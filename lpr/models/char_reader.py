@@ -1,0 +1,225 @@
+"""Reading characters from their pixels: a small CNN that re-classifies the detector's character boxes.
+
+The box head classifies a 7x7 RoIAlign of the stride-8 FPN map, where a 12 px
+character spans two or three cells; a small CNN handed a 32x32 crop of the same
+box reads every validation character of the synthetic set (``scripts/char_ceiling.py``).
+:class:`ReadingRoIHeads` keeps torchvision's RoI heads for *where* the characters
+are and lets :class:`CharReader` say *which* they are:
+
+- training: the reader learns from the ground-truth character boxes, jittered
+  like a detector's boxes, so it is trained on clean crops from the first step
+  and does not wait for the proposals to improve (``loss_reader``);
+- inference: every proposal gets a class-agnostic character score (the sum of
+  the box classifier's character probabilities) and the box of its most likely
+  character; class-agnostic NMS keeps one box per character; the reader labels
+  it, and its score stays the character score (multiplying in the reader's
+  probability put 6 % of the characters under plate reading's 0.5 threshold:
+  EIR 0.71 instead of 0.77, docs/recipe.md). The mask branch then runs for the
+  reader's label. Other classes are torchvision's as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes, roi_align
+
+IMAGE_KEY = "image"  # the map holding the (normalised, resized) input images, see BackboneWithImage
+
+
+def sampling_settings(module: nn.Module) -> dict:
+    """The matcher and sampler settings of a built torchvision RPN or RoI heads, as constructor arguments."""
+    return {
+        "fg_iou_thresh": module.proposal_matcher.high_threshold,
+        "bg_iou_thresh": module.proposal_matcher.low_threshold,
+        "batch_size_per_image": module.fg_bg_sampler.batch_size_per_image,
+        "positive_fraction": module.fg_bg_sampler.positive_fraction,
+    }
+
+
+def pixel_cnn(channels: Sequence[int], norm_layer: Callable[[int], nn.Module]) -> nn.Sequential:
+    """A small CNN from RGB crops to ``channels[-1]`` features: two 3x3 convs per width (one at the
+    last), each with ``norm_layer`` and ReLU, 2x2 max-pooling between widths, global average pooling."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i, c in enumerate(channels):
+        if i:
+            layers.append(nn.MaxPool2d(2))
+        for _ in range(2 if i < len(channels) - 1 else 1):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), norm_layer(c), nn.ReLU(inplace=True)]
+            c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def square_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
+    """Squares around the boxes' centres, the longer side plus ``context`` of it on each side."""
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]).amax(1, keepdim=True) * (0.5 + context)
+    return torch.cat([centre - half, centre + half], 1)
+
+
+class CharReader(nn.Module):
+    """A small CNN classifying square crops of character boxes into the character classes.
+
+    Args:
+        char_labels: the model's labels (1-based) of the character classes, in the
+            order of the reader's outputs.
+        size: crop side in pixels (of the model's resized image).
+        context: margin around the box, as a share of its longer side.
+        channels: conv widths per resolution (two convs each, one at the last; 2x2
+            max-pool between), then global average pooling and a linear layer.
+        jitter: training boxes are moved and rescaled by up to this share of their size.
+    """
+
+    def __init__(
+        self,
+        char_labels: Sequence[int],
+        *,
+        size: int = 32,
+        context: float = 0.2,
+        channels: Sequence[int] = (32, 64, 128),
+        jitter: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not char_labels:
+            raise ValueError("char_reader needs at least one character class (single-character class names)")
+        self.register_buffer("char_labels", torch.as_tensor(list(char_labels), dtype=torch.int64), persistent=False)
+        self.size, self.context, self.jitter = size, context, jitter
+        # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
+        # it fell to 0.8 (docs/recipe.md)
+        self.features = pixel_cnn(channels, nn.BatchNorm2d)
+        self.classifier = nn.Linear(channels[-1], len(self.char_labels))
+
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(sum of boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
+        squares = [square_boxes(b, self.context).to(images.dtype) for b in boxes]
+        crops = roi_align(images, squares, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return self.classifier(self.features(crops))
+
+    def loss(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Cross-entropy on the ground-truth characters of ``targets``, their boxes jittered."""
+        boxes, classes = [], []
+        for t in targets:
+            is_char = t["labels"][:, None] == self.char_labels[None, :]
+            keep = is_char.any(1)
+            b = t["boxes"][keep]
+            wh = b[:, 2:] - b[:, :2]
+            shift = (torch.rand_like(wh) * 2 - 1) * self.jitter * wh
+            scale = 1 + (torch.rand_like(wh) * 2 - 1) * self.jitter
+            centre = (b[:, :2] + b[:, 2:]) / 2 + shift
+            boxes.append(torch.cat([centre - wh * scale / 2, centre + wh * scale / 2], 1))
+            classes.append(is_char[keep].int().argmax(1))
+        if sum(len(b) for b in boxes) == 0:  # no characters in this batch: a zero that still reaches every weight
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        return F.cross_entropy(self(images, boxes).float(), torch.cat(classes))
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """The label of the most likely character of each box, all images' boxes concatenated."""
+        if sum(len(b) for b in boxes) == 0:
+            return self.char_labels.new_zeros(0)
+        return self.char_labels[self(images, boxes).argmax(1)]
+
+
+class ReadingRoIHeads(RoIHeads):
+    """torchvision's ``RoIHeads`` with a :class:`CharReader` naming the characters it finds.
+
+    Needs the input images among the features (``"image"``, as
+    :class:`lpr.models.maskrcnn.BackboneWithImage` hands them on). Training adds
+    ``loss_reader`` to the losses; the box and mask heads train as before.
+    """
+
+    def __init__(self, *args, reader: CharReader, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reader = reader
+        self._images: torch.Tensor | None = None  # the batch being read, during forward only
+
+    @classmethod
+    def around(cls, heads: RoIHeads, reader: CharReader) -> ReadingRoIHeads:
+        """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``."""
+        return cls(
+            heads.box_roi_pool,
+            heads.box_head,
+            heads.box_predictor,
+            **sampling_settings(heads),
+            bbox_reg_weights=heads.box_coder.weights,
+            score_thresh=heads.score_thresh,
+            nms_thresh=heads.nms_thresh,
+            detections_per_img=heads.detections_per_img,
+            mask_roi_pool=heads.mask_roi_pool,
+            mask_head=heads.mask_head,
+            mask_predictor=heads.mask_predictor,
+            reader=reader,
+        )
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        images = features[IMAGE_KEY]
+        self._images = images  # postprocess_detections, called inside, has no other way to the pixels
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+        finally:
+            self._images = None
+        if self.training:
+            losses["loss_reader"] = self.reader.loss(images, targets)
+        return result, losses
+
+    def postprocess_detections(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        cap, self.detections_per_img = self.detections_per_img, len(class_logits) * class_logits.shape[1]
+        try:  # uncapped: the per-class character detections must not crowd out the other classes' ones
+            others = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        finally:
+            self.detections_per_img = cap
+        chars = self._character_boxes(class_logits, box_regression, proposals, image_shapes)
+        labels = self.reader.read(self._images, [b for b, _ in chars]).split([len(b) for b, _ in chars])
+        out: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        for (boxes, scores, classes), (char_boxes, charness), char_classes in zip(
+            zip(*others, strict=True), chars, labels, strict=True
+        ):
+            other = ~(classes[:, None] == self.reader.char_labels[None, :]).any(1)
+            boxes = torch.cat([boxes[other], char_boxes])
+            scores = torch.cat([scores[other], charness])
+            classes = torch.cat([classes[other], char_classes])
+            keep = scores.argsort(descending=True)[: self.detections_per_img]
+            keep = keep[scores[keep] > self.score_thresh]
+            for lst, value in zip(out, (boxes[keep], scores[keep], classes[keep]), strict=True):
+                lst.append(value)
+        return out
+
+    def _character_boxes(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image: ``(boxes, character scores)``, one box per character after class-agnostic NMS."""
+        char_labels = self.reader.char_labels
+        probs = F.softmax(class_logits, -1)[:, char_labels]
+        charness, best = probs.sum(1), probs.argmax(1)
+        boxes = self.box_coder.decode(box_regression, proposals)  # (N, classes, 4)
+        boxes = boxes[torch.arange(len(boxes), device=boxes.device), char_labels[best]]
+        out = []
+        sizes = [len(p) for p in proposals]
+        for b, s, shape in zip(boxes.split(sizes), charness.split(sizes), image_shapes, strict=True):
+            b = clip_boxes_to_image(b, shape)
+            keep = torch.where(s > self.score_thresh)[0]
+            keep = keep[remove_small_boxes(b[keep], min_size=1e-2)]
+            keep = keep[nms(b[keep], s[keep], self.nms_thresh)]
+            out.append((b[keep], s[keep]))
+        return out

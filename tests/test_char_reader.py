@@ -1,0 +1,125 @@
+"""The character reader: its loss, and how ReadingRoIHeads turns box-head scores and readings into detections."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from lpr.callbacks.consistency import ConsistencyError, check_heads
+from lpr.models.char_reader import CharReader, ReadingRoIHeads, square_boxes
+from lpr.models.maskrcnn import LevelRPN, build_maskrcnn, mobilenet_v3_fpn
+from lpr.models.module import MaskRCNNModule
+
+TINY_READER = {"size": 16, "channels": [8, 16]}
+
+
+def force_reader(reader: CharReader, index: int, runner_up: int | None = None) -> None:
+    """Make the reader answer output ``index`` for every crop: with probability ~1, or 0.6 against
+    0.4 for ``runner_up``."""
+    with torch.no_grad():
+        reader.classifier.weight.zero_()
+        reader.classifier.bias.fill_(-20.0)
+        reader.classifier.bias[index] = 20.0 if runner_up is None else math.log(0.6)
+        if runner_up is not None:
+            reader.classifier.bias[runner_up] = math.log(0.4)
+
+
+def tiny_model(char_labels: list[int], num_classes: int, **kwargs) -> torch.nn.Module:
+    return build_maskrcnn(
+        num_classes=num_classes,
+        backbone=mobilenet_v3_fpn(out_channels=32),
+        min_size=128,
+        max_size=160,
+        representation_size=64,
+        mask_head_layers=[16],
+        char_reader=TINY_READER,
+        char_labels=char_labels,
+        **kwargs,
+    )
+
+
+def test_square_boxes_keep_the_centre_and_take_the_longer_side_plus_context():
+    squares = square_boxes(torch.tensor([[10.0, 20.0, 30.0, 60.0]]), context=0.25)  # 20 wide, 40 high
+    assert squares.tolist() == [[-10.0, 10.0, 50.0, 70.0]]  # 40 * (1 + 2 * 0.25) = 60 around (20, 40)
+
+
+def test_reader_loss_is_on_the_character_targets_in_its_own_label_order():
+    reader = CharReader([4, 2, 7], **TINY_READER, jitter=0.0)  # outputs 0, 1, 2 = labels 4, 2, 7
+    images = torch.rand(1, 3, 64, 64)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0], [0.0, 0.0, 60.0, 20.0]]), "labels": torch.tensor([2, 9])}
+    force_reader(reader, 1)  # label 2: right; the label-9 box is not a character and is ignored
+    assert reader.loss(images, [target]).item() < 1e-6
+    force_reader(reader, 0)
+    assert reader.loss(images, [target]).item() == pytest.approx(40.0, rel=1e-3)
+    no_chars = reader.loss(images, [{"boxes": target["boxes"][1:], "labels": target["labels"][1:]}])
+    no_chars.backward()  # zero, yet connected to every weight (DDP expects gradients for all of them)
+    assert no_chars.item() == 0 and all(p.grad is not None for p in reader.parameters())
+
+
+def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_the_box():
+    # labels 1 and 2 are characters, 3 a board; the box classifier splits every proposal 0.45 / 0.45 / 0.1,
+    # so on its own no character would pass a 0.5 score threshold
+    model = tiny_model(char_labels=[1, 2], num_classes=4, box_detections_per_img=1000).eval()
+    heads = model.roi_heads
+    assert isinstance(heads, ReadingRoIHeads) and isinstance(model.rpn, LevelRPN)
+    with torch.no_grad():
+        heads.box_predictor.cls_score.weight.zero_()
+        heads.box_predictor.cls_score.bias.copy_(torch.tensor([-20.0, math.log(0.45), math.log(0.45), math.log(0.1)]))
+        heads.box_predictor.bbox_pred.weight.zero_()
+        heads.box_predictor.bbox_pred.bias.zero_()
+    force_reader(heads.reader, 1, runner_up=0)  # reads every character box as label 2, p = 0.6
+    with torch.no_grad():
+        detections = model([torch.rand(3, 128, 160)])[0]
+    chars = detections["labels"] != 3
+    assert chars.any() and (detections["labels"][chars] == 2).all()
+    # the score is the box classifier's character probability, 0.45 + 0.45, whatever the reader's confidence
+    assert torch.allclose(detections["scores"][chars], torch.tensor(0.9), atol=1e-3)
+    char_boxes = detections["boxes"][chars]  # one box per character: class-agnostic NMS among them
+    overlap = box_iou(char_boxes, char_boxes).fill_diagonal_(0)
+    assert overlap.max() <= heads.nms_thresh
+    boards = detections["labels"] == 3  # other classes: torchvision's detections as they are
+    assert boards.any() and torch.allclose(detections["scores"][boards], torch.tensor(0.1), atol=1e-3)
+    assert (detections["scores"][:-1] >= detections["scores"][1:]).all()
+    assert len(detections["masks"]) == len(detections["labels"]) <= heads.detections_per_img
+
+
+def test_reader_trains_on_the_true_boxes_apart_from_the_detector():
+    model = tiny_model(char_labels=[1, 2], num_classes=4).train()
+    target = {
+        "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0], [60.0, 10.0, 150.0, 40.0]]),
+        "labels": torch.tensor([2, 3]),
+        "masks": torch.zeros(2, 128, 160, dtype=torch.uint8),
+    }
+    losses = model([torch.rand(3, 128, 160)], [target])
+    assert set(losses) >= {"loss_classifier", "loss_mask", "loss_reader"}
+    losses["loss_reader"].backward()
+    assert model.roi_heads.reader.features[0].weight.grad.abs().sum() > 0
+    # the reader reads pixels: its loss sends nothing into the backbone or the box head
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is None for p in model.roi_heads.box_head.parameters())
+
+
+def test_module_tells_the_reader_which_classes_are_characters():
+    net = {
+        "_target_": "lpr.models.maskrcnn.build_maskrcnn",
+        "backbone": {"_target_": "lpr.models.maskrcnn.mobilenet_v3_fpn", "out_channels": 32},
+        "representation_size": 64,
+        "mask_head_layers": [16],
+        "char_reader": TINY_READER,
+    }
+    classes = ["l_board", "0", "7", "l_s_n", "a"]
+    module = MaskRCNNModule(classes=classes, net=net, optimizer={"_target_": "torch.optim.AdamW"})
+    assert module.model.roi_heads.reader.char_labels.tolist() == [2, 3, 5]
+    assert "char_labels" not in module.hparams.net  # the labels come from the class list, never from config
+    with pytest.raises(ValueError, match="no character class"):
+        MaskRCNNModule(classes=["l_board", "r_board"], net=net, optimizer={"_target_": "torch.optim.AdamW"})
+
+
+def test_consistency_check_names_a_reader_built_for_other_character_labels():
+    model = tiny_model(char_labels=[1, 2], num_classes=4)
+    check_heads(model, ["0", "1", "l_board"])  # characters are labels 1, 2: consistent
+    with pytest.raises(ConsistencyError, match=r"reader reads labels \[1, 2\].*labels \[1, 3\]"):
+        check_heads(model, ["0", "l_board", "1"])
