@@ -95,7 +95,7 @@ class CharReader(nn.Module):
         self.classifier = nn.Linear(channels[-1], len(self.char_labels))
 
     def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Logits ``(sum of boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
+        """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
         squares = [square_boxes(b, self.context).to(images.dtype) for b in boxes]
         crops = roi_align(images, squares, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return self.classifier(self.features(crops))
