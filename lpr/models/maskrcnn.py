@@ -291,11 +291,8 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
     model.roi_heads.box_roi_pool = box_roi_pool
-    if char_reader is not None:
-        if not char_labels:
-            raise ValueError("char_reader needs char_labels: the labels of the character classes")
-        reader = CharReader(char_labels, **char_reader)
-        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader)
+    if char_reader is not None:  # CharReader refuses empty char_labels
+        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, CharReader(char_labels or [], **char_reader))
     # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
     if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
         rpn = model.rpn
