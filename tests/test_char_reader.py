@@ -123,3 +123,54 @@ def test_consistency_check_names_a_reader_built_for_other_character_labels():
     check_heads(model, ["0", "1", "l_board"])  # characters are labels 1, 2: consistent
     with pytest.raises(ConsistencyError, match=r"reader reads labels \[1, 2\].*labels \[1, 3\]"):
         check_heads(model, ["0", "l_board", "1"])
+
+
+def agnostic_model() -> torch.nn.Module:
+    """Characters 1 and 2, board 3; the mask predictor answers "all foreground" for labels 1 and 3 and
+    "all background" for label 2, so which channel a mask came from shows in the mask."""
+    model = tiny_model(char_labels=[1, 2], num_classes=4, box_detections_per_img=1000)
+    model.roi_heads = ReadingRoIHeads.around(model.roi_heads, model.roi_heads.reader, agnostic=True)
+    with torch.no_grad():
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.zero_()
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.copy_(torch.tensor([0.0, 20.0, -20.0, 20.0]))
+    return model
+
+
+def test_agnostic_heads_learn_every_character_as_the_first_one():
+    model = agnostic_model().train()
+    target = {
+        "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0], [60.0, 10.0, 150.0, 40.0]]),
+        "labels": torch.tensor([2, 3]),  # a character "2" and a board
+        "masks": torch.ones(2, 128, 160, dtype=torch.uint8),
+    }
+    torch.manual_seed(0)
+    agnostic = model([torch.rand(3, 128, 160)], [target])
+    model.roi_heads.agnostic = False
+    torch.manual_seed(0)
+    per_class = model([torch.rand(3, 128, 160)], [target])
+    # the character's mask is learnt in channel 1 (all foreground: right) instead of its own channel 2
+    assert agnostic["loss_mask"].item() < 1e-6 < 1.0 < per_class["loss_mask"].item()
+    assert agnostic["loss_reader"].item() == pytest.approx(per_class["loss_reader"].item(), rel=1e-4)
+
+
+def test_agnostic_heads_box_and_mask_every_character_as_the_first_one_and_the_reader_names_it():
+    model = agnostic_model().eval()
+    heads = model.roi_heads
+    with torch.no_grad():
+        heads.box_predictor.cls_score.weight.zero_()
+        heads.box_predictor.cls_score.bias.copy_(torch.tensor([-20.0, math.log(0.9), -20.0, math.log(0.1)]))
+        heads.box_predictor.bbox_pred.weight.zero_()
+        heads.box_predictor.bbox_pred.bias.zero_()
+        heads.box_predictor.bbox_pred.bias[8:12] = 1.0  # label 2's regression would move every box
+    force_reader(heads.reader, 1)  # reads label 2
+    images = [torch.rand(3, 128, 160)]
+    with torch.no_grad():
+        detections = model(images)[0]
+        proposals = model.rpn(model.transform(images)[0], model.backbone(model.transform(images)[0].tensors))[0][0]
+    chars = detections["labels"] != 3
+    assert chars.any() and (detections["labels"][chars] == 2).all()
+    assert torch.allclose(detections["scores"][chars], torch.tensor(0.9), atol=1e-3)
+    # label 1's boxes (zero regression: the proposals themselves, rescaled to the input) and masks (foreground)
+    scale = torch.tensor([160 / 160, 128 / 128] * 2)  # the transform keeps 128x160 here
+    assert (box_iou(detections["boxes"][chars], proposals * scale).max(1).values > 0.999).all()
+    assert (detections["masks"][chars] > 0.5).any(dim=(1, 2, 3)).all()

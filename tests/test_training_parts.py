@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from lpr.callbacks.budget import TimeBudget
 from lpr.callbacks.checkpoint import checkpoint_callbacks, infer_mode
 from lpr.callbacks.progress import format_eta
 from lpr.checkpoint import CheckpointError, load
@@ -13,6 +14,7 @@ from lpr.data import CocoDataModule
 from lpr.hardware import cpu_flags, cpu_precision
 from lpr.models.maskrcnn import (
     BackboneWithImage,
+    CroppingTransform,
     LevelRPN,
     PixelBoxHead,
     PixelRoIPool,
@@ -271,3 +273,53 @@ def test_pixel_box_head_trains_and_its_cnn_gets_gradients():
     assert grad is not None and grad.abs().sum() > 0
     detections = model.eval()([image])[0]
     assert set(detections) == {"boxes", "labels", "scores", "masks"}
+
+
+def test_time_budget_stops_on_time_with_the_schedule_ending_there(synth_dir):
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    scheduler = {"_target_": "lpr.models.schedules.warmup_cosine", "warmup_steps": 2, "min_lr_ratio": 0.01}
+    module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01}, scheduler=scheduler)
+    budget = TimeBudget(minutes=0.1, window=5, every_n_steps=1)
+    lrs = LearningRates()
+    trainer = quiet_trainer(max_steps=10_000, max_epochs=-1, callbacks=[budget, lrs])
+    trainer.fit(module, datamodule=dm)
+    steps = trainer.global_step
+    step_seconds = budget.spent / steps
+    # it stops when the next step would not fit: within a step or two of the six seconds
+    assert 5 < steps < 10_000 and 6.0 - 2 * step_seconds < budget.spent < 6.0 + step_seconds
+    # the cosine ran over the steps the six seconds held, not over the 10 000 of max_steps
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == steps
+    assert max(lrs.seen) > 0.005 and lrs.seen[-1] < 0.1 * max(lrs.seen)
+    assert budget.state_dict() == {"spent": budget.spent}
+
+
+class LearningRates(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_cropping_transform_trains_on_a_window_that_holds_the_objects_at_inference_scale():
+    transform = CroppingTransform(432, 576, [0.0] * 3, [1.0] * 3, size_divisible=1, crop=[96, 128])
+    image = torch.rand(3, 288, 384)
+    masks = torch.zeros(2, 288, 384, dtype=torch.uint8)
+    masks[0, 50:90, 100:120] = masks[1, 60:100, 130:150] = 1
+    target = {"boxes": torch.tensor([[100.0, 50.0, 120.0, 90.0], [130.0, 60.0, 150.0, 100.0]]), "masks": masks}
+    whole = transform.eval()([image])[0].tensors[0]  # 1.5x: 432x576
+    transform.train()
+    for _ in range(5):
+        images, (out,) = transform([image], [dict(target)])
+        crop = images.tensors[0]
+        assert crop.shape[-2:] == (96, 128)
+        x, y = (target["boxes"][0, :2] * 1.5 - out["boxes"][0, :2]).round().int().tolist()
+        assert torch.allclose(crop, whole[:, y : y + 96, x : x + 128], atol=1e-5)
+        assert torch.allclose(out["boxes"], target["boxes"] * 1.5 - torch.tensor([x, y, x, y]))
+        assert out["masks"].shape[-2:] == (96, 128) and out["masks"].sum() == masks.sum() * 1.5**2
+    # objects spanning more than the window widen it; no objects: a window anywhere
+    wide = {"boxes": torch.tensor([[10.0, 50.0, 300.0, 70.0]]), "masks": torch.zeros(1, 288, 384, dtype=torch.uint8)}
+    assert transform([image], [wide])[0].tensors.shape[-2:] == (96, 435)
+    empty = {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 288, 384, dtype=torch.uint8)}
+    assert transform([image], [empty])[0].tensors.shape[-2:] == (96, 128)
+    assert transform.eval()([image])[0].tensors.shape[-2:] == (432, 576)

@@ -38,6 +38,33 @@ def _memory() -> str:
     return text
 
 
+class StepClock:
+    """Wall time of each training step, the wait for its batch included, validation left out.
+
+    Call :meth:`resume` when training (re)starts after something else (an epoch start, a
+    validation round), :meth:`start` when a batch arrives and :meth:`stop` when its step ends.
+    """
+
+    def __init__(self) -> None:
+        self._resumed: float | None = None  # when the wait for the next batch began
+        self._started: float | None = None
+        self.data_seconds: float | None = None  # the last batch's wait
+
+    def resume(self) -> None:
+        self._resumed = time.perf_counter()
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self.data_seconds = None if self._resumed is None else self._started - self._resumed
+
+    def stop(self) -> float | None:
+        """Seconds of the step just ended, its batch's wait included; ``None`` before any start."""
+        now = time.perf_counter()
+        seconds = None if self._started is None else now - self._started + (self.data_seconds or 0.0)
+        self._resumed = now
+        return seconds
+
+
 class ProgressLog(Callback):
     """Every ``every_n_steps`` optimizer steps, one line like::
 
@@ -59,7 +86,7 @@ class ProgressLog(Callback):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
-        self._batch_end = self._batch_start = None
+        self._clock = StepClock()
         self._step_times: list[float] = []
         self._data_times: list[float] = []
         self._train_seconds = 0.0
@@ -75,25 +102,23 @@ class ProgressLog(Callback):
         self.train_minutes = state_dict.get("train_minutes", 0.0)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._batch_end = time.perf_counter()
+        self._clock.resume()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._batch_start = time.perf_counter()
-        if self._batch_end is not None:
-            self._data_times.append(self._batch_start - self._batch_end)
+        self._clock.start()
+        if self._clock.data_seconds is not None:
+            self._data_times.append(self._clock.data_seconds)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if batch is None:  # a batch skipped (MemoryGuard): nothing was trained
             return
-        now = time.perf_counter()
-        if self._batch_start is not None:
-            step_time = now - self._batch_start + (self._data_times[-1] if self._data_times else 0.0)
+        step_time = self._clock.stop()
+        if step_time is not None:
             self._step_times.append(step_time)
             if self._train_steps > 0:  # the first step pays for warm-up: keep it out of the rate
                 self._train_seconds += step_time
             self._train_steps += 1
             self.train_minutes += step_time / 60.0
-        self._batch_end = now
         # x axis of learning curves: minutes of training, not of training + validation
         pl_module.log("train/minutes", self.train_minutes)
         if trainer.global_step % self.every_n_steps == 0 or trainer.global_step == trainer.max_steps:
@@ -105,7 +130,7 @@ class ProgressLog(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._val_seconds = time.perf_counter() - self._val_start
-        self._batch_end = time.perf_counter()  # validation time is not data time
+        self._clock.resume()  # validation time is not data time
 
     def eta_seconds(self, trainer: L.Trainer) -> float:
         """Seconds left: remaining steps at the measured rate plus the remaining validations."""

@@ -16,6 +16,11 @@ are and lets :class:`CharReader` say *which* they are:
   probability put 6 % of the characters under plate reading's 0.5 threshold:
   EIR 0.71 instead of 0.77, docs/recipe.md). The mask branch then runs for the
   reader's label. Other classes are torchvision's as they are.
+
+With ``agnostic=True`` the detector stops telling characters apart at all: its box
+classifier, box regression and masks learn every character as the first character
+class, so each of them sees all the characters' examples instead of a fifteenth,
+and the reader alone names them.
 """
 
 from __future__ import annotations
@@ -130,16 +135,22 @@ class ReadingRoIHeads(RoIHeads):
 
     Needs the input images among the features (``"image"``, as
     :class:`lpr.models.maskrcnn.BackboneWithImage` hands them on). Training adds
-    ``loss_reader`` to the losses; the box and mask heads train as before.
+    ``loss_reader`` to the losses; the box and mask heads train as before or, with
+    ``agnostic``, on every character relabelled as the first character class (whose
+    rows of the box and mask predictors then serve all characters; the other
+    characters' rows only learn to stay silent).
     """
 
-    def __init__(self, *args, reader: CharReader, **kwargs) -> None:
+    def __init__(self, *args, reader: CharReader, agnostic: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.reader = reader
-        self._images: torch.Tensor | None = None  # the batch being read, during forward only
+        self.reader, self.agnostic = reader, agnostic
+        # during forward only: the batch being read, and the labels to output (postprocess_detections
+        # hands the mask branch the channel each detection's mask comes from, not always its label)
+        self._images: torch.Tensor | None = None
+        self._labels: list[torch.Tensor] = []
 
     @classmethod
-    def around(cls, heads: RoIHeads, reader: CharReader) -> ReadingRoIHeads:
+    def around(cls, heads: RoIHeads, reader: CharReader, *, agnostic: bool = False) -> ReadingRoIHeads:
         """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``."""
         return cls(
             heads.box_roi_pool,
@@ -154,7 +165,16 @@ class ReadingRoIHeads(RoIHeads):
             mask_head=heads.mask_head,
             mask_predictor=heads.mask_predictor,
             reader=reader,
+            agnostic=agnostic,
         )
+
+    def _detector_target(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``target`` as the box and mask heads learn it: with ``agnostic``, every character as the first one."""
+        if not self.agnostic:
+            return target
+        char_labels = self.reader.char_labels
+        is_char = (target["labels"][:, None] == char_labels[None, :]).any(1)
+        return {**target, "labels": torch.where(is_char, char_labels[0], target["labels"])}
 
     def forward(
         self,
@@ -165,10 +185,13 @@ class ReadingRoIHeads(RoIHeads):
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         images = features[IMAGE_KEY]
         self._images = images  # postprocess_detections, called inside, has no other way to the pixels
+        detector_targets = None if targets is None else [self._detector_target(t) for t in targets]
         try:
-            result, losses = super().forward(features, proposals, image_shapes, targets)
+            result, losses = super().forward(features, proposals, image_shapes, detector_targets)
+            for detections, labels in zip(result, self._labels, strict=True):  # inference: the reader's labels
+                detections["labels"] = labels
         finally:
-            self._images = None
+            self._images, self._labels = None, []
         if self.training:
             losses["loss_reader"] = self.reader.loss(images, targets)
         return result, losses
@@ -188,6 +211,7 @@ class ReadingRoIHeads(RoIHeads):
         chars = self._character_boxes(class_logits, box_regression, proposals, image_shapes)
         labels = self.reader.read(self._images, [b for b, _ in chars]).split([len(b) for b, _ in chars])
         out: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        self._labels = []
         for (boxes, scores, classes), (char_boxes, charness), char_classes in zip(
             zip(*others, strict=True), chars, labels, strict=True
         ):
@@ -195,10 +219,15 @@ class ReadingRoIHeads(RoIHeads):
             boxes = torch.cat([boxes[other], char_boxes])
             scores = torch.cat([scores[other], charness])
             classes = torch.cat([classes[other], char_classes])
+            # the mask channel: the reader's class, or with agnostic the one all characters trained
+            mask_classes = classes.clone()
+            if self.agnostic:
+                mask_classes[len(mask_classes) - len(char_classes) :] = self.reader.char_labels[0]
             keep = scores.argsort(descending=True)[: self.detections_per_img]
             keep = keep[scores[keep] > self.score_thresh]
-            for lst, value in zip(out, (boxes[keep], scores[keep], classes[keep]), strict=True):
+            for lst, value in zip(out, (boxes[keep], scores[keep], mask_classes[keep]), strict=True):
                 lst.append(value)
+            self._labels.append(classes[keep])
         return out
 
     def _character_boxes(
@@ -211,9 +240,10 @@ class ReadingRoIHeads(RoIHeads):
         """Per image: ``(boxes, character scores)``, one box per character after class-agnostic NMS."""
         char_labels = self.reader.char_labels
         probs = F.softmax(class_logits, -1)[:, char_labels]
-        charness, best = probs.sum(1), probs.argmax(1)
+        charness = probs.sum(1)
+        box_class = char_labels[0].expand(len(probs)) if self.agnostic else char_labels[probs.argmax(1)]
         boxes = self.box_coder.decode(box_regression, proposals)  # (N, classes, 4)
-        boxes = boxes[torch.arange(len(boxes), device=boxes.device), char_labels[best]]
+        boxes = boxes[torch.arange(len(boxes), device=boxes.device), box_class]
         out = []
         sizes = [len(p) for p in proposals]
         for b, s, shape in zip(boxes.split(sizes), charness.split(sizes), image_shapes, strict=True):

@@ -15,6 +15,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -175,6 +176,51 @@ class PixelBoxHead(nn.Module):
         return torch.cat([self.mlp(features), self.pixels(pixels)], 1)
 
 
+class CroppingTransform(GeneralizedRCNNTransform):
+    """torchvision's transform plus, in training, a random window of each resized image that holds all its objects.
+
+    The window is ``crop`` (height, width) pixels of the resized image, larger along a side where the
+    objects span more (a batch is padded to its largest image); an image without objects gets a window
+    anywhere. The characters keep the scale they have at inference, while the body, FPN and RPN, whose
+    cost follows the pixels, see fewer of them. Inference is torchvision's.
+    """
+
+    def __init__(self, *args, crop: Sequence[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if len(crop) != 2 or min(crop) < 32:
+            raise ValueError(f"train_crop is (height, width), each >= 32 pixels, got {list(crop)}")
+        self.crop = (int(crop[0]), int(crop[1]))
+
+    def resize(
+        self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        image, target = super().resize(image, target)
+        if not self.training or target is None:
+            return image, target
+        (y, x), (h, w) = self._window(image.shape[-2:], target["boxes"])
+        target = dict(target)
+        boxes = target["boxes"] - torch.tensor([x, y, x, y], dtype=target["boxes"].dtype)
+        target["boxes"] = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype))
+        if "masks" in target:
+            target["masks"] = target["masks"][:, y : y + h, x : x + w]
+        return image[:, y : y + h, x : x + w], target
+
+    def _window(self, size: Sequence[int], boxes: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((top, left), (height, width))`` of a random window of an image of ``size`` holding ``boxes``."""
+        start, extent = [], []
+        for axis, (full, want) in enumerate(zip(size, self.crop, strict=True)):
+            full, want = int(full), min(int(full), want)
+            low, high = 0, full - want
+            if len(boxes):
+                first = max(0, int(boxes[:, axis ^ 1].min().floor()))  # xyxy: y is column 1, x column 0
+                last = min(full, int(boxes[:, (axis ^ 1) + 2].max().ceil()))
+                want = max(want, last - first)
+                low, high = max(0, last - want), min(first, full - want)
+            start.append(low + int(torch.randint(high - low + 1, ())))
+            extent.append(want)
+        return (start[0], start[1]), (extent[0], extent[1])
+
+
 def build_maskrcnn(
     *,
     num_classes: int,
@@ -198,6 +244,7 @@ def build_maskrcnn(
     pixel_head: dict | None = None,
     char_reader: dict | None = None,
     char_labels: Sequence[int] | None = None,
+    train_crop: Sequence[int] | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -227,10 +274,13 @@ def build_maskrcnn(
         pixel_head: ``{size, context, channels}`` to give the box head each RoI's pixels
             through a small CNN (:class:`PixelBoxHead`); ``None``: torchvision's MLP alone.
         char_reader: ``{size, context, channels, jitter}`` of a :class:`~lpr.models.char_reader.CharReader`
-            that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`);
+            that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`),
+            plus ``agnostic: true`` to have the box and mask heads learn all characters as one class;
             ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
+        train_crop: ``(height, width)``: train on random windows of the resized images that hold
+            their objects (:class:`CroppingTransform`); ``None``: on the whole images.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -291,8 +341,16 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
     model.roi_heads.box_roi_pool = box_roi_pool
+    if train_crop is not None:
+        t = model.transform
+        model.transform = CroppingTransform(
+            t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible, crop=train_crop
+        )
     if char_reader is not None:  # CharReader refuses empty char_labels
-        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, CharReader(char_labels or [], **char_reader))
+        char_reader = dict(char_reader)
+        agnostic = char_reader.pop("agnostic", False)
+        reader = CharReader(char_labels or [], **char_reader)
+        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, agnostic=agnostic)
     # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
     if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
         rpn = model.rpn

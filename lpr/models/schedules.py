@@ -1,4 +1,8 @@
-"""Learning-rate schedules: a linear warm-up, then a decay, stepped every optimizer step."""
+"""Learning-rate schedules: a linear warm-up, then a decay, stepped every optimizer step.
+
+Each schedule's ``lr_lambda`` exposes ``total_steps``, the step its decay is laid out to end at;
+:class:`lpr.callbacks.budget.TimeBudget` moves it while training to end the decay on time.
+"""
 
 from __future__ import annotations
 
@@ -44,13 +48,16 @@ class _Cosine(_WarmupThen):
 
 
 class _Steps(_WarmupThen):
-    def __init__(self, warmup_steps: int, warmup_factor: float, milestones: list[int], gamma: float) -> None:
+    def __init__(
+        self, warmup_steps: int, warmup_factor: float, total_steps: int, milestones: list[float], gamma: float
+    ) -> None:
         super().__init__(warmup_steps, warmup_factor)
-        self.milestones = milestones
+        self.total_steps = total_steps
+        self.milestones = milestones  # fractions of total_steps
         self.gamma = gamma
 
     def decay(self, step: int) -> float:
-        return self.gamma ** sum(step >= m for m in self.milestones)
+        return self.gamma ** sum(step >= round(m * self.total_steps) for m in self.milestones)
 
 
 def warmup_cosine(
@@ -84,5 +91,4 @@ def warmup_multistep(
     """
     if any(not 0.0 < m < 1.0 for m in milestones):
         raise ValueError(f"milestones are fractions of the run in (0, 1), got {list(milestones)}")
-    steps = [round(m * total_steps) for m in milestones]
-    return LambdaLR(optimizer, _Steps(warmup_steps, warmup_factor, steps, gamma))
+    return LambdaLR(optimizer, _Steps(warmup_steps, warmup_factor, int(total_steps), list(milestones), gamma))
