@@ -19,8 +19,9 @@ class TimeBudget(Callback):
 
     Minutes count as ``train/minutes`` does (:class:`~lpr.callbacks.progress.ProgressLog`):
     step time with the wait for data, without validation. A fixed step count cannot
-    promise a time: the plate recipe's steps slow from 2.0 to 2.7 s as the proposals
-    improve, and one 2-core CPU runs them 1.5x faster than another. So every
+    promise a time: steps slow down as the proposals improve (more work for the
+    heads), and one 2-core CPU ran the plate recipe's steps 1.5x faster than another
+    (docs/recipe.md). So every
     ``every_n_steps`` steps this projects how many steps fit in what is left of the
     budget, at the mean time of the last ``window`` steps, and moves the trainer's
     ``max_steps`` and the schedule's ``total_steps`` (:mod:`lpr.models.schedules`)
