@@ -99,6 +99,10 @@ class CharReader(nn.Module):
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
         self.classifier = nn.Linear(channels[-1], len(self.char_labels))
 
+    def reads(self, labels: torch.Tensor) -> torch.Tensor:
+        """``(len(labels), characters)``: which of the reader's characters each label is."""
+        return labels[:, None] == self.char_labels[None, :]
+
     def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
         squares = [square_boxes(b, self.context).to(images.dtype) for b in boxes]
@@ -109,7 +113,7 @@ class CharReader(nn.Module):
         """Cross-entropy on the ground-truth characters of ``targets``, their boxes jittered."""
         boxes, classes = [], []
         for t in targets:
-            is_char = t["labels"][:, None] == self.char_labels[None, :]
+            is_char = self.reads(t["labels"])
             keep = is_char.any(1)
             b = t["boxes"][keep]
             wh = b[:, 2:] - b[:, :2]
@@ -172,9 +176,8 @@ class ReadingRoIHeads(RoIHeads):
         """``target`` as the box and mask heads learn it: with ``agnostic``, every character as the first one."""
         if not self.agnostic:
             return target
-        char_labels = self.reader.char_labels
-        is_char = (target["labels"][:, None] == char_labels[None, :]).any(1)
-        return {**target, "labels": torch.where(is_char, char_labels[0], target["labels"])}
+        is_char = self.reader.reads(target["labels"]).any(1)
+        return {**target, "labels": torch.where(is_char, self.reader.char_labels[0], target["labels"])}
 
     def forward(
         self,
@@ -215,7 +218,7 @@ class ReadingRoIHeads(RoIHeads):
         for (boxes, scores, classes), (char_boxes, charness), char_classes in zip(
             zip(*others, strict=True), chars, labels, strict=True
         ):
-            other = ~(classes[:, None] == self.reader.char_labels[None, :]).any(1)
+            other = ~self.reader.reads(classes).any(1)
             boxes = torch.cat([boxes[other], char_boxes])
             scores = torch.cat([scores[other], charness])
             classes = torch.cat([classes[other], char_classes])
