@@ -28,6 +28,7 @@ def force_reader(reader: CharReader, index: int, runner_up: int | None = None) -
 
 
 def tiny_model(char_labels: list[int], num_classes: int, **kwargs) -> torch.nn.Module:
+    kwargs.setdefault("char_reader", TINY_READER)
     return build_maskrcnn(
         num_classes=num_classes,
         backbone=mobilenet_v3_fpn(out_channels=32),
@@ -35,7 +36,6 @@ def tiny_model(char_labels: list[int], num_classes: int, **kwargs) -> torch.nn.M
         max_size=160,
         representation_size=64,
         mask_head_layers=[16],
-        char_reader=TINY_READER,
         char_labels=char_labels,
         **kwargs,
     )
@@ -174,3 +174,82 @@ def test_agnostic_heads_box_and_mask_every_character_as_the_first_one_and_the_re
     scale = torch.tensor([160 / 160, 128 / 128] * 2)  # the transform keeps 128x160 here
     assert (box_iou(detections["boxes"][chars], proposals * scale).max(1).values > 0.999).all()
     assert (detections["masks"][chars] > 0.5).any(dim=(1, 2, 3)).all()
+
+
+def fixed_character_heads(heads: ReadingRoIHeads, char_prob: float) -> None:
+    """Every proposal: label 1 (a character) with ``char_prob``, the rest background; no box regression."""
+    with torch.no_grad():
+        heads.box_predictor.cls_score.weight.zero_()
+        bias = torch.tensor([math.log(1 - char_prob), math.log(char_prob), -20.0, -20.0])
+        heads.box_predictor.cls_score.bias.copy_(bias)
+        heads.box_predictor.bbox_pred.weight.zero_()
+        heads.box_predictor.bbox_pred.bias.zero_()
+
+
+def character_boxes(heads: ReadingRoIHeads, proposals: torch.Tensor) -> torch.Tensor:
+    features = torch.zeros(len(proposals), heads.box_predictor.cls_score.in_features)
+    logits, regression = heads.box_predictor(features)
+    return heads._character_boxes(logits, regression, [proposals], [(128, 160)])[0][0]
+
+
+def test_characters_have_their_own_nms_threshold():
+    # two boxes on one character, IoU 0.43: torchvision's 0.5 keeps both (read as two characters), 0.3 one;
+    # a neighbouring character (IoU 0) stays either way
+    proposals = torch.tensor([[10.0, 10.0, 30.0, 50.0], [10.0, 10.0, 30.0, 27.0], [32.0, 10.0, 52.0, 50.0]])
+    assert box_iou(proposals[:1], proposals[1:2]).item() == pytest.approx(17 / 40)  # its upper 17 of 40 px
+    kept = {}
+    for thresh in (None, 0.3):
+        heads = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "char_nms_thresh": thresh})
+        heads = heads.eval().roi_heads
+        fixed_character_heads(heads, 0.9)
+        kept[thresh] = len(character_boxes(heads, proposals))
+    assert heads.nms_thresh == 0.5 and kept == {None: 3, 0.3: 2}
+
+
+def test_reader_learns_not_a_character_from_proposals_that_match_none():
+    reader = CharReader([4, 2], **TINY_READER, jitter=0.0, background=True)  # outputs: 4, 2, not a character
+    images = torch.rand(1, 3, 64, 64)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0]]), "labels": torch.tensor([2])}
+    negatives = [torch.tensor([[40.0, 40.0, 60.0, 60.0], [15.0, 10.0, 25.0, 30.0]])]
+    force_reader(reader, 2)  # "not a character" for everything: the negatives right, the character wrong
+    assert reader.loss(images, [target], negatives).item() == pytest.approx(40.0 / 3, rel=1e-3)
+    force_reader(reader, 1)
+    assert reader.loss(images, [target], negatives).item() == pytest.approx(80.0 / 3, rel=1e-3)
+    labels, charness = reader.read(images, [target["boxes"]])
+    assert labels.tolist() == [2] and charness.item() == pytest.approx(1.0)
+    force_reader(reader, 2)
+    labels, charness = reader.read(images, [target["boxes"]])  # the label: the likeliest character still
+    assert labels.tolist() in ([4], [2]) and charness.item() < 1e-6
+
+
+def test_negatives_overlap_no_character_and_half_of_them_touch_one():
+    model = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "score_weight": 0.5})
+    heads = model.roi_heads
+    chars = torch.tensor([[10.0, 10.0, 30.0, 50.0], [40.0, 10.0, 60.0, 50.0], [70.0, 10.0, 90.0, 50.0]])
+    board = torch.tensor([[0.0, 0.0, 100.0, 60.0]])
+    target = {"boxes": torch.cat([chars, board]), "labels": torch.tensor([1, 2, 1, 3])}
+    near = torch.tensor([[20.0, 10.0, 50.0, 50.0]] * 5)  # straddles two characters: IoU 1/3 with each
+    far = torch.tensor([[100.0, 70.0, 120.0, 110.0]] * 5)
+    proposals = torch.cat([chars + 1, near, far])  # the first three are characters (IoU ~0.9)
+    for _ in range(5):
+        negatives = heads._negatives(proposals, target)
+        assert len(negatives) == 3  # as many as the characters (the board is none)
+        assert box_iou(negatives, chars).amax(1).lt(0.4).all()
+        assert (negatives == near[0]).all(1).sum() == 2 and (negatives == far[0]).all(1).sum() == 1
+    assert len(heads._negatives(proposals, {"boxes": target["boxes"][3:], "labels": target["labels"][3:]})) == 0
+    masks = torch.zeros(4, 128, 160, dtype=torch.uint8)
+    losses = model.train()([torch.rand(3, 128, 160)], [{**target, "masks": masks}])
+    assert losses["loss_reader"].isfinite()
+
+
+def test_score_weight_mixes_the_readers_character_probability_into_the_score():
+    model = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "score_weight": 0.25}).eval()
+    heads = model.roi_heads
+    fixed_character_heads(heads, 0.4)  # under 0.5 on its own
+    force_reader(heads.reader, 1, runner_up=2)  # label 2 with 0.6, "not a character" 0.4
+    with torch.no_grad():
+        detections = model([torch.rand(3, 128, 160)])[0]
+    assert len(detections["scores"]) and (detections["labels"] == 2).all()
+    assert torch.allclose(detections["scores"], torch.tensor(0.75 * 0.4 + 0.25 * 0.6), atol=1e-3)
+    with pytest.raises(ValueError, match="not a character"):
+        ReadingRoIHeads.around(heads, CharReader([1, 2], **TINY_READER), score_weight=0.5)

@@ -17,6 +17,17 @@ are and lets :class:`CharReader` say *which* they are:
   EIR 0.71 instead of 0.77, docs/recipe.md). The mask branch then runs for the
   reader's label. Other classes are torchvision's as they are.
 
+Characters get their own NMS threshold (``char_nms_thresh``): two boxes on one
+character often overlap less than the 0.5 of torchvision's per-class NMS (a box
+on half of it, or one reaching into its neighbour), and each is read as a
+character of its own; neighbouring characters of a plate overlap far less.
+
+With ``score_weight > 0`` the reader also says *whether* a box is a character: it
+learns a "not a character" output from proposals that match no character (as many
+as its characters per image, half of them overlapping one), and a character's score
+becomes ``(1 - w) * box classifier + w * reader``, where the reader's part is one
+minus its "not a character" probability.
+
 With ``agnostic=True`` the detector stops telling characters apart at all: its box
 classifier, box regression and masks learn every character as the first character
 class, so each of them sees all the characters' examples instead of a fifteenth,
@@ -31,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes, roi_align
 
 IMAGE_KEY = "image"  # the map holding the (normalised, resized) input images, see BackboneWithImage
 
@@ -78,6 +89,8 @@ class CharReader(nn.Module):
         channels: conv widths per resolution (two convs each, one at the last; 2x2
             max-pool between), then global average pooling and a linear layer.
         jitter: training boxes are moved and rescaled by up to this share of their size.
+        background: a last "not a character" output, learnt from the negative boxes
+            handed to :meth:`loss`.
     """
 
     def __init__(
@@ -88,16 +101,17 @@ class CharReader(nn.Module):
         context: float = 0.2,
         channels: Sequence[int] = (32, 64, 128),
         jitter: float = 0.1,
+        background: bool = False,
     ) -> None:
         super().__init__()
         if not char_labels:
             raise ValueError("char_reader needs at least one character class (single-character class names)")
         self.register_buffer("char_labels", torch.as_tensor(list(char_labels), dtype=torch.int64), persistent=False)
-        self.size, self.context, self.jitter = size, context, jitter
+        self.size, self.context, self.jitter, self.background = size, context, jitter, background
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
-        self.classifier = nn.Linear(channels[-1], len(self.char_labels))
+        self.classifier = nn.Linear(channels[-1], len(self.char_labels) + int(background))
 
     def reads(self, labels: torch.Tensor) -> torch.Tensor:
         """``(len(labels), characters)``: which of the reader's characters each label is."""
@@ -109,10 +123,13 @@ class CharReader(nn.Module):
         crops = roi_align(images, squares, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return self.classifier(self.features(crops))
 
-    def loss(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """Cross-entropy on the ground-truth characters of ``targets``, their boxes jittered."""
+    def loss(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], negatives: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Cross-entropy on the ground-truth characters of ``targets``, their boxes jittered, and with
+        ``background`` on ``negatives[i]`` (boxes of image ``i`` that are no character) as "not a character"."""
         boxes, classes = [], []
-        for t in targets:
+        for i, t in enumerate(targets):
             is_char = self.reads(t["labels"])
             keep = is_char.any(1)
             b = t["boxes"][keep]
@@ -120,18 +137,25 @@ class CharReader(nn.Module):
             shift = (torch.rand_like(wh) * 2 - 1) * self.jitter * wh
             scale = 1 + (torch.rand_like(wh) * 2 - 1) * self.jitter
             centre = (b[:, :2] + b[:, 2:]) / 2 + shift
-            boxes.append(torch.cat([centre - wh * scale / 2, centre + wh * scale / 2], 1))
             classes.append(is_char[keep].int().argmax(1))
+            boxes.append(torch.cat([centre - wh * scale / 2, centre + wh * scale / 2], 1))
+            if self.background and negatives is not None:
+                boxes[-1] = torch.cat([boxes[-1], negatives[i]])
+                not_a_char = classes[-1].new_full((len(negatives[i]),), len(self.char_labels))
+                classes[-1] = torch.cat([classes[-1], not_a_char])
         if sum(len(b) for b in boxes) == 0:  # no characters in this batch: a zero that still reaches every weight
             return sum(p.sum() for p in self.parameters()) * 0.0
         return F.cross_entropy(self(images, boxes).float(), torch.cat(classes))
 
     @torch.no_grad()
-    def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """The label of the most likely character of each box, all images' boxes concatenated."""
+    def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images' boxes concatenated: the label of each box's most likely character, and the
+        probability that it is a character at all (1 without ``background``)."""
         if sum(len(b) for b in boxes) == 0:
-            return self.char_labels.new_zeros(0)
-        return self.char_labels[self(images, boxes).argmax(1)]
+            return self.char_labels.new_zeros(0), torch.zeros(0, device=images.device)
+        probs = F.softmax(self(images, boxes).float(), -1)
+        n = len(self.char_labels)
+        return self.char_labels[probs[:, :n].argmax(1)], probs[:, :n].sum(1)
 
 
 class ReadingRoIHeads(RoIHeads):
@@ -145,17 +169,29 @@ class ReadingRoIHeads(RoIHeads):
     characters' rows only learn to stay silent).
     """
 
-    def __init__(self, *args, reader: CharReader, agnostic: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        reader: CharReader,
+        agnostic: bool = False,
+        char_nms_thresh: float | None = None,
+        score_weight: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.reader, self.agnostic = reader, agnostic
+        if score_weight and not reader.background:
+            raise ValueError(f"score_weight={score_weight} needs a reader with a 'not a character' output (background)")
+        self.reader, self.agnostic, self.score_weight = reader, agnostic, score_weight
+        self.char_nms_thresh = self.nms_thresh if char_nms_thresh is None else char_nms_thresh
         # during forward only: the batch being read, and the labels to output (postprocess_detections
         # hands the mask branch the channel each detection's mask comes from, not always its label)
         self._images: torch.Tensor | None = None
         self._labels: list[torch.Tensor] = []
 
     @classmethod
-    def around(cls, heads: RoIHeads, reader: CharReader, *, agnostic: bool = False) -> ReadingRoIHeads:
-        """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``."""
+    def around(cls, heads: RoIHeads, reader: CharReader, **options) -> ReadingRoIHeads:
+        """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``
+        and ``options`` (``agnostic``, ``char_nms_thresh``, ``score_weight``)."""
         return cls(
             heads.box_roi_pool,
             heads.box_head,
@@ -169,7 +205,7 @@ class ReadingRoIHeads(RoIHeads):
             mask_head=heads.mask_head,
             mask_predictor=heads.mask_predictor,
             reader=reader,
-            agnostic=agnostic,
+            **options,
         )
 
     def _detector_target(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,8 +232,23 @@ class ReadingRoIHeads(RoIHeads):
         finally:
             self._images, self._labels = None, []
         if self.training:
-            losses["loss_reader"] = self.reader.loss(images, targets)
+            negatives = [self._negatives(p, t) for p, t in zip(proposals, targets, strict=True)]
+            losses["loss_reader"] = self.reader.loss(images, targets, negatives if self.reader.background else None)
         return result, losses
+
+    def _negatives(self, proposals: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """As many proposals as ``target`` has characters that overlap none of them by IoU 0.4 or more:
+        half of them (where there are enough) overlapping one by at least 0.1 (part of a character, or
+        parts of two), the rest anywhere."""
+        chars = target["boxes"][self.reader.reads(target["labels"]).any(1)]
+        if not len(chars) or not len(proposals):
+            return proposals[:0]
+        iou = box_iou(proposals, chars).amax(1)
+        near = torch.where((iou >= 0.1) & (iou < 0.4))[0]
+        far = torch.where(iou < 0.1)[0]
+        near = near[torch.randperm(len(near), device=near.device)[: (len(chars) + 1) // 2]]
+        far = far[torch.randperm(len(far), device=far.device)[: len(chars) - len(near)]]
+        return proposals[torch.cat([near, far])]
 
     def postprocess_detections(
         self,
@@ -212,13 +263,15 @@ class ReadingRoIHeads(RoIHeads):
         finally:
             self.detections_per_img = cap
         chars = self._character_boxes(class_logits, box_regression, proposals, image_shapes)
-        labels = self.reader.read(self._images, [b for b, _ in chars]).split([len(b) for b, _ in chars])
+        sizes = [len(b) for b, _ in chars]
+        labels, reader_charness = self.reader.read(self._images, [b for b, _ in chars])
         out: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
         self._labels = []
-        for (boxes, scores, classes), (char_boxes, charness), char_classes in zip(
-            zip(*others, strict=True), chars, labels, strict=True
+        for (boxes, scores, classes), (char_boxes, charness), char_classes, by_reader in zip(
+            zip(*others, strict=True), chars, labels.split(sizes), reader_charness.split(sizes), strict=True
         ):
             other = ~self.reader.reads(classes).any(1)
+            charness = (1 - self.score_weight) * charness + self.score_weight * by_reader.to(charness.dtype)
             boxes = torch.cat([boxes[other], char_boxes])
             scores = torch.cat([scores[other], charness])
             classes = torch.cat([classes[other], char_classes])
@@ -253,6 +306,6 @@ class ReadingRoIHeads(RoIHeads):
             b = clip_boxes_to_image(b, shape)
             keep = torch.where(s > self.score_thresh)[0]
             keep = keep[remove_small_boxes(b[keep], min_size=1e-2)]
-            keep = keep[nms(b[keep], s[keep], self.nms_thresh)]
+            keep = keep[nms(b[keep], s[keep], self.char_nms_thresh)]
             out.append((b[keep], s[keep]))
         return out

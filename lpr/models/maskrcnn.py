@@ -236,6 +236,7 @@ def build_maskrcnn(
     rpn_post_nms_top_n_test: int = 300,
     rpn_batch_size_per_image: int = 256,
     box_batch_size_per_image: int = 128,
+    box_positive_fraction: float = 0.25,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
     representation_size: int = 512,
@@ -265,6 +266,7 @@ def build_maskrcnn(
         rpn_post_nms_top_n_test: proposals after NMS (inference).
         rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
         box_batch_size_per_image: RoIs sampled per image for the heads.
+        box_positive_fraction: the share of those RoIs matched to an object (where there are enough).
         box_detections_per_img: detections kept per image.
         box_score_thresh: detections below this score are dropped at inference.
         representation_size: width of the two-layer box MLP.
@@ -275,8 +277,10 @@ def build_maskrcnn(
             through a small CNN (:class:`PixelBoxHead`); ``None``: torchvision's MLP alone.
         char_reader: ``{size, context, channels, jitter}`` of a :class:`~lpr.models.char_reader.CharReader`
             that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`),
-            plus ``agnostic: true`` to have the box and mask heads learn all characters as one class;
-            ``None``: the box classifier names them.
+            plus the :class:`~lpr.models.char_reader.ReadingRoIHeads` options ``agnostic`` (the box and
+            mask heads learn all characters as one class), ``char_nms_thresh`` (the characters' NMS IoU)
+            and ``score_weight`` (the reader's share of a character's score; > 0 gives the reader a
+            "not a character" output); ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
         train_crop: ``(height, width)``: train on random windows of the resized images that hold
@@ -334,6 +338,7 @@ def build_maskrcnn(
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_features, num_classes),
         box_batch_size_per_image=box_batch_size_per_image,
+        box_positive_fraction=box_positive_fraction,
         box_detections_per_img=box_detections_per_img,
         box_score_thresh=box_score_thresh,
         mask_roi_pool=MultiScaleRoIAlign(featmap_names, output_size=14, sampling_ratio=2),
@@ -348,9 +353,9 @@ def build_maskrcnn(
         )
     if char_reader is not None:  # CharReader refuses empty char_labels
         char_reader = dict(char_reader)
-        agnostic = char_reader.pop("agnostic", False)
-        reader = CharReader(char_labels or [], **char_reader)
-        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, agnostic=agnostic)
+        options = {k: char_reader.pop(k) for k in ("agnostic", "char_nms_thresh", "score_weight") if k in char_reader}
+        reader = CharReader(char_labels or [], background=bool(options.get("score_weight")), **char_reader)
+        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, **options)
     # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
     if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
         rpn = model.rpn
