@@ -1,0 +1,106 @@
+"""How a checkpoint's plates read under other character NMS thresholds and score weights, and why they fail.
+
+    python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--data-root DIR] [--batch 4]
+
+For every combination, the checkpoint's reading heads
+(:class:`lpr.models.char_reader.ReadingRoIHeads`) are set to that character NMS
+IoU (``char_nms_thresh``) and reader share of a character's score
+(``score_weight``; only a checkpoint trained with ``score_weight > 0`` has a
+"not a character" output, otherwise only 0 is run), the validation split of the
+checkpoint's own data set (or of the one under ``--data-root``, e.g. another
+seed's synthetic set to choose settings on images the reported figures do not
+use) is predicted, and EIR and plate precision are computed
+with the checkpoint's plate-reading settings (DESIGN.md §5.3). Each failed ground-
+truth plate is put in one bin by what was read at its board (the predicted board
+of its type with the highest IoU > 0.5): no such board, a sub or main region
+missing, too many or too few characters, or as many but a wrong one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torchvision.ops import box_iou
+
+from lpr.checkpoint import load
+from lpr.metrics.detection import ExactInferenceRate
+from lpr.plates import PlateReading, read_boards
+
+READING_KEYS = ("score_thr", "char_nms_iou", "sub_pattern", "main_pattern")
+
+
+def failure(gt: PlateReading, predicted: list[PlateReading]) -> str | None:
+    """Why ``gt`` was not read (None: it was), from the readings of the image's predicted boards."""
+    same_type = [p for p in predicted if p.type == gt.type]
+    ious = box_iou(torch.tensor([gt.box]), torch.tensor([p.box for p in same_type]))[0] if same_type else []
+    candidates = [(iou, p) for iou, p in zip(ious, same_type, strict=True) if iou > 0.5]
+    if not candidates:
+        return "no board"
+    read = max(candidates, key=lambda c: c[0])[1]
+    if read.valid and read.text == gt.text:
+        return None
+    if not read.sub or not read.main:
+        return "region missing"
+    if len(read.text) != len(gt.text):
+        return "too many chars" if len(read.text) > len(gt.text) else "too few chars"
+    return "wrong char"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt")
+    parser.add_argument("--nms", type=float, nargs="+", default=[0.5, 0.3], help="character NMS IoUs")
+    parser.add_argument("--weight", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="reader score shares")
+    parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+
+    loaded = load(args.ckpt)
+    module, classes = loaded.module.eval(), loaded.classes
+    heads = module.model.roi_heads
+    if not hasattr(heads, "reader"):
+        raise SystemExit(f"{args.ckpt} has no character reader (model.net.char_reader)")
+    weights = args.weight if heads.reader.background else [0.0]
+    plates_cfg = loaded.module.hparams.get("metrics", {}).get("plates", {})
+    reading = {k: plates_cfg[k] for k in READING_KEYS if k in plates_cfg}
+    data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(loaded.config["data"]), resolve=True))
+    data_cfg.batch_size = args.batch
+    if args.data_root:
+        data_cfg.root, data_cfg.synthesize = args.data_root, None
+    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    batches = list(datamodule.val_dataloader())
+
+    print(f"checkpoint: {args.ckpt} (trained with char_nms_thresh {heads.char_nms_thresh}, "
+          f"score_weight {heads.score_weight})\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
+          f"plate reading {reading}\n")  # fmt: skip
+    kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
+    print(f"{'nms':>5} {'weight':>6} {'EIR':>6} {'precision':>9} " + " ".join(f"{k:>14}" for k in kinds))
+    for nms in args.nms:
+        for weight in weights:
+            heads.char_nms_thresh, heads.score_weight = nms, weight
+            eir = ExactInferenceRate(classes, **plates_cfg)
+            failures: collections.Counter = collections.Counter()
+            with torch.inference_mode():
+                for images, targets in batches:
+                    outputs = module(images)
+                    eir.update(outputs, targets)
+                    for out, target in zip(outputs, targets, strict=True):
+                        predicted = read_boards(out["boxes"], out["labels"], out["scores"], classes, **reading)
+                        for gt in read_boards(target["boxes"], target["labels"], None, classes, **reading):
+                            failures[failure(gt, predicted)] += 1
+            values = eir.compute()
+            print(
+                f"{nms:5.2f} {weight:6.2f} {values['EIR']:6.3f} {values['plate_precision']:9.3f} "
+                + " ".join(f"{failures[k]:14d}" for k in kinds),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
