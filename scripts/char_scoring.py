@@ -80,7 +80,7 @@ def main() -> None:
           f"score_weight {heads.score_weight})\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
           f"plate reading {reading}\n")  # fmt: skip
     kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
-    print(f"{'nms':>5} {'weight':>6} {'EIR':>6} {'precision':>9} " + " ".join(f"{k:>14}" for k in kinds))
+    print(f"{'nms':>5} {'weight':>6} {'EIR':>6} {'read':>7} {'precision':>9} " + " ".join(f"{k:>14}" for k in kinds))
     for nms in args.nms:
         for weight in weights:
             heads.char_nms_thresh, heads.score_weight = nms, weight
@@ -95,9 +95,10 @@ def main() -> None:
                         for gt in read_boards(target["boxes"], target["labels"], None, classes, **reading):
                             failures[failure(gt, predicted)] += 1
             values = eir.compute()
+            counts = values["counts"]
             print(
-                f"{nms:5.2f} {weight:6.2f} {values['EIR']:6.3f} {values['plate_precision']:9.3f} "
-                + " ".join(f"{failures[k]:14d}" for k in kinds),
+                f"{nms:5.2f} {weight:6.2f} {values['EIR']:6.3f} {counts['matched']:3d}/{counts['gt']:<3d} "
+                f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
                 flush=True,
             )
 

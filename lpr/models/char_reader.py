@@ -232,8 +232,10 @@ class ReadingRoIHeads(RoIHeads):
         finally:
             self._images, self._labels = None, []
         if self.training:
-            negatives = [self._negatives(p, t) for p, t in zip(proposals, targets, strict=True)]
-            losses["loss_reader"] = self.reader.loss(images, targets, negatives if self.reader.background else None)
+            negatives = None
+            if self.reader.background:
+                negatives = [self._negatives(p, t) for p, t in zip(proposals, targets, strict=True)]
+            losses["loss_reader"] = self.reader.loss(images, targets, negatives)
         return result, losses
 
     def _negatives(self, proposals: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
