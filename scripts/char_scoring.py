@@ -1,6 +1,6 @@
 """How a checkpoint's plates read under other character NMS thresholds and score weights, and why they fail.
 
-    python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--data-root DIR] [--batch 4]
+    python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--char-thr 0.5] [--data-root DIR]
 
 For every combination, the checkpoint's reading heads
 (:class:`lpr.models.char_reader.ReadingRoIHeads`) are set to that character NMS
@@ -14,12 +14,16 @@ with the checkpoint's plate-reading settings (DESIGN.md §5.3). Each failed grou
 truth plate is put in one bin by what was read at its board (the predicted board
 of its type with the highest IoU > 0.5): no such board, a sub or main region
 missing, too many or too few characters, or as many but a wrong one.
+``--char-thr T`` asks what a lower score threshold for the characters alone
+would read: their scores are multiplied by ``score_thr / T`` (at most 1), so
+plate reading keeps those >= T.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 
 import torch
 from hydra.utils import instantiate
@@ -28,9 +32,17 @@ from torchvision.ops import box_iou
 
 from lpr.checkpoint import load
 from lpr.metrics.detection import ExactInferenceRate
-from lpr.plates import PlateReading, read_boards
+from lpr.plates import PlateReading, is_character_class, read_boards
 
 READING_KEYS = ("score_thr", "char_nms_iou", "sub_pattern", "main_pattern")
+
+
+def rescale_characters(output: dict, is_char: torch.Tensor, factor: float) -> dict:
+    """``output`` with the character detections' scores multiplied by ``factor`` (at most 1)."""
+    scores = output["scores"].clone()
+    chars = is_char[output["labels"]]
+    scores[chars] = (scores[chars] * factor).clamp(max=1.0)
+    return {**output, "scores": scores}
 
 
 def failure(gt: PlateReading, predicted: list[PlateReading]) -> str | None:
@@ -55,6 +67,7 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--nms", type=float, nargs="+", default=[0.5, 0.3], help="character NMS IoUs")
     parser.add_argument("--weight", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="reader score shares")
+    parser.add_argument("--char-thr", type=float, nargs="+", default=None, help="characters' score thresholds")
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
@@ -67,6 +80,8 @@ def main() -> None:
     weights = args.weight if heads.reader.background else [0.0]
     plates_cfg = loaded.module.hparams.get("metrics", {}).get("plates", {})
     reading = {k: plates_cfg[k] for k in READING_KEYS if k in plates_cfg}
+    score_thr = reading.get("score_thr", 0.5)
+    is_char = torch.tensor([False] + [is_character_class(c) for c in classes])  # by label
     data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(loaded.config["data"]), resolve=True))
     data_cfg.batch_size = args.batch
     if args.data_root:
@@ -80,27 +95,27 @@ def main() -> None:
           f"score_weight {heads.score_weight})\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
           f"plate reading {reading}\n")  # fmt: skip
     kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
-    print(f"{'nms':>5} {'weight':>6} {'EIR':>6} {'read':>7} {'precision':>9} " + " ".join(f"{k:>14}" for k in kinds))
-    for nms in args.nms:
-        for weight in weights:
-            heads.char_nms_thresh, heads.score_weight = nms, weight
-            eir = ExactInferenceRate(classes, **plates_cfg)
-            failures: collections.Counter = collections.Counter()
-            with torch.inference_mode():
-                for images, targets in batches:
-                    outputs = module(images)
-                    eir.update(outputs, targets)
-                    for out, target in zip(outputs, targets, strict=True):
-                        predicted = read_boards(out["boxes"], out["labels"], out["scores"], classes, **reading)
-                        for gt in read_boards(target["boxes"], target["labels"], None, classes, **reading):
-                            failures[failure(gt, predicted)] += 1
-            values = eir.compute()
-            counts = values["counts"]
-            print(
-                f"{nms:5.2f} {weight:6.2f} {values['EIR']:6.3f} {counts['matched']:3d}/{counts['gt']:<3d} "
-                f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
-                flush=True,
-            )
+    header = f"{'nms':>5} {'weight':>6} {'chars':>5} {'EIR':>6} {'read':>7} {'precision':>9} "
+    print(header + " ".join(f"{k:>14}" for k in kinds))
+    for nms, weight, char_thr in itertools.product(args.nms, weights, args.char_thr or [score_thr]):
+        heads.char_nms_thresh, heads.score_weight = nms, weight
+        eir = ExactInferenceRate(classes, **plates_cfg)
+        failures: collections.Counter = collections.Counter()
+        with torch.inference_mode():
+            for images, targets in batches:
+                outputs = [rescale_characters(o, is_char, score_thr / char_thr) for o in module(images)]
+                eir.update(outputs, targets)
+                for out, target in zip(outputs, targets, strict=True):
+                    predicted = read_boards(out["boxes"], out["labels"], out["scores"], classes, **reading)
+                    for gt in read_boards(target["boxes"], target["labels"], None, classes, **reading):
+                        failures[failure(gt, predicted)] += 1
+        values = eir.compute()
+        counts = values["counts"]
+        print(
+            f"{nms:5.2f} {weight:6.2f} {char_thr:5.2f} {values['EIR']:6.3f} {counts['matched']:3d}/{counts['gt']:<3d} "
+            f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
