@@ -16,7 +16,9 @@ of its type with the highest IoU > 0.5): no such board, a sub or main region
 missing, too many or too few characters, or as many but a wrong one.
 ``--char-thr T`` asks what a lower score threshold for the characters alone
 would read: their scores are multiplied by ``score_thr / T`` (at most 1), so
-plate reading keeps those >= T.
+plate reading keeps those >= T. First it prints, per split of the data set, the
+largest IoU between two ground-truth characters of one image: how low the
+characters' NMS threshold can go before it would merge true neighbours.
 """
 
 from __future__ import annotations
@@ -31,10 +33,26 @@ from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
 from lpr.checkpoint import load
+from lpr.data.validate import load_coco_json
 from lpr.metrics.detection import ExactInferenceRate
-from lpr.plates import PlateReading, is_character_class, read_boards
+from lpr.plates import PlateReading, character_labels, is_character_class, read_boards
 
 READING_KEYS = ("score_thr", "char_nms_iou", "sub_pattern", "main_pattern")
+
+
+def largest_character_overlap(coco: dict) -> float:
+    """The largest IoU between two ground-truth characters of one image of a COCO split."""
+    chars = {c["id"] for c in coco["categories"] if is_character_class(c["name"])}
+    boxes: dict[int, list[list[float]]] = collections.defaultdict(list)
+    for a in coco["annotations"]:
+        if a["category_id"] in chars:
+            x, y, w, h = a["bbox"]
+            boxes[a["image_id"]].append([x, y, x + w, y + h])
+    largest = 0.0
+    for b in boxes.values():
+        iou = box_iou(torch.tensor(b), torch.tensor(b)).fill_diagonal_(0)
+        largest = max(largest, iou.max().item())
+    return largest
 
 
 def rescale_characters(output: dict, is_char: torch.Tensor, factor: float) -> dict:
@@ -81,7 +99,8 @@ def main() -> None:
     plates_cfg = loaded.module.hparams.get("metrics", {}).get("plates", {})
     reading = {k: plates_cfg[k] for k in READING_KEYS if k in plates_cfg}
     score_thr = reading.get("score_thr", 0.5)
-    is_char = torch.tensor([False] + [is_character_class(c) for c in classes])  # by label
+    is_char = torch.zeros(len(classes) + 1, dtype=torch.bool)  # by label
+    is_char[character_labels(classes)] = True
     data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(loaded.config["data"]), resolve=True))
     data_cfg.batch_size = args.batch
     if args.data_root:
@@ -90,32 +109,41 @@ def main() -> None:
     datamodule.prepare_data()
     datamodule.setup("validate")
     batches = list(datamodule.val_dataloader())
+    overlaps = {
+        name: largest_character_overlap(load_coco_json(path))
+        for name, path in (("training", datamodule.train_json), ("validation", datamodule.val_json))
+        if path.is_file()
+    }
 
     print(f"checkpoint: {args.ckpt} (trained with char_nms_thresh {heads.char_nms_thresh}, "
           f"score_weight {heads.score_weight})\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
-          f"plate reading {reading}\n")  # fmt: skip
+          f"plate reading {reading}")  # fmt: skip
+    print("largest IoU of two ground-truth characters of an image: "
+          + ", ".join(f"{name} {iou:.3f}" for name, iou in overlaps.items()) + "\n")  # fmt: skip
     kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
     header = f"{'nms':>5} {'weight':>6} {'chars':>5} {'EIR':>6} {'read':>7} {'precision':>9} "
     print(header + " ".join(f"{k:>14}" for k in kinds))
-    for nms, weight, char_thr in itertools.product(args.nms, weights, args.char_thr or [score_thr]):
+    for nms, weight in itertools.product(args.nms, weights):
         heads.char_nms_thresh, heads.score_weight = nms, weight
-        eir = ExactInferenceRate(classes, **plates_cfg)
-        failures: collections.Counter = collections.Counter()
         with torch.inference_mode():
-            for images, targets in batches:
-                outputs = [rescale_characters(o, is_char, score_thr / char_thr) for o in module(images)]
+            predicted = [(module(images), targets) for images, targets in batches]
+        for char_thr in args.char_thr or [score_thr]:
+            eir = ExactInferenceRate(classes, **plates_cfg)
+            failures: collections.Counter = collections.Counter()
+            for outputs, targets in predicted:
+                outputs = [rescale_characters(o, is_char, score_thr / char_thr) for o in outputs]
                 eir.update(outputs, targets)
                 for out, target in zip(outputs, targets, strict=True):
-                    predicted = read_boards(out["boxes"], out["labels"], out["scores"], classes, **reading)
+                    read = read_boards(out["boxes"], out["labels"], out["scores"], classes, **reading)
                     for gt in read_boards(target["boxes"], target["labels"], None, classes, **reading):
-                        failures[failure(gt, predicted)] += 1
-        values = eir.compute()
-        counts = values["counts"]
-        print(
-            f"{nms:5.2f} {weight:6.2f} {char_thr:5.2f} {values['EIR']:6.3f} {counts['matched']:3d}/{counts['gt']:<3d} "
-            f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
-            flush=True,
-        )
+                        failures[failure(gt, read)] += 1
+            values = eir.compute()
+            read_share = f"{values['counts']['matched']:3d}/{values['counts']['gt']:<3d}"
+            print(
+                f"{nms:5.2f} {weight:6.2f} {char_thr:5.2f} {values['EIR']:6.3f} {read_share} "
+                f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
