@@ -15,6 +15,7 @@ from lpr.hardware import cpu_flags, cpu_precision
 from lpr.models.maskrcnn import (
     BackboneWithImage,
     CroppingTransform,
+    Float32Conv2d,
     LevelRPN,
     PixelBoxHead,
     PixelRoIPool,
@@ -111,6 +112,25 @@ def test_mobilenet_stage_end_feeds_the_last_block_of_each_stage():
     with torch.no_grad():
         shapes = [{k: tuple(v.shape[-2:]) for k, v in m.eval()(x).items()} for m in (first, last)]
     assert shapes[0] == shapes[1] == {"0": (8, 12), "1": (4, 6), "2": (2, 3), "pool": (1, 2)}
+
+
+def test_depthwise_float32_runs_only_the_depthwise_convs_in_float32_under_autocast():
+    plain, mixed = mobilenet_v3_fpn(out_channels=16), mobilenet_v3_fpn(out_channels=16, depthwise_float32=True)
+    mixed.load_state_dict(plain.state_dict())  # the same keys: checkpoints load either way
+    depthwise = [m for m in mixed.body.modules() if isinstance(m, Float32Conv2d)]
+    assert len(depthwise) == 15 and all(m.groups == m.in_channels > 1 for m in depthwise)  # one per block
+    seen: dict[str, set[torch.dtype]] = {"depthwise": set(), "other": set()}
+    for m in mixed.body.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            kind = "depthwise" if isinstance(m, Float32Conv2d) else "other"
+            m.register_forward_hook(lambda mod, args, out, kind=kind: seen[kind].add(out.dtype))
+    x = torch.rand(1, 3, 64, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed.eval()(x)
+    assert seen == {"depthwise": {torch.float32}, "other": {torch.bfloat16}}
+    with torch.no_grad():  # without autocast the two are the same network
+        for a, b in zip(plain.eval()(x).values(), mixed(x).values(), strict=True):
+            torch.testing.assert_close(a, b)
 
 
 class _OutputDtypes(L.Callback):
