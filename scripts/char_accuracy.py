@@ -1,13 +1,15 @@
 """Where plate reading fails: character accuracy of a checkpoint by character height, and the confusions.
 
-    python scripts/char_accuracy.py CKPT [--data-root DIR] [--val-json val.json] [--image-root images]
+    python scripts/char_accuracy.py CKPT [--data-root DIR] [--val-json val.json] [--image-root images] [--list]
 
 For every ground-truth character of the validation split (the checkpoint's own
 data set unless ``--data-root`` is given), the highest-scoring character
 detection whose box centre lies inside the character's box (score >= 0.05) is
 its reading. Prints the share read right, right with score >= the checkpoint's
 ``score_thr`` (what plate reading keeps), and wrong with such a score, by the
-character's height in pixels; then the most frequent confusions.
+character's height in pixels; then the most frequent confusions. ``--list``
+also names every character not read right and kept: image, class, size, and
+what was read there with which score.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--val-json", default=None)
     parser.add_argument("--image-root", default=None)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--list", action="store_true", help="name every character not read right and kept")
     args = parser.parse_args()
 
     loaded = load(args.ckpt)
@@ -56,6 +59,7 @@ def main() -> None:
 
     rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     confusions: collections.Counter = collections.Counter()
+    lost: list[str] = []
     images = coco["images"]
     for start in range(0, len(images), args.batch):
         chunk = images[start : start + args.batch]
@@ -72,8 +76,11 @@ def main() -> None:
                 )
                 if not inside:
                     row["missed"] += 1
+                    lost.append(f"{im['file_name']} {gt!r} {w:.1f}x{h:.1f} px: nothing found")
                     continue
                 best = dets[max(inside, key=lambda i: dets[i]["score"])]
+                if best["label"] != gt or best["score"] < thr:
+                    lost.append(f"{im['file_name']} {gt!r} {w:.1f}x{h:.1f} px: {best['label']!r} {best['score']:.3f}")
                 if best["label"] == gt:
                     row["right"] += 1
                     row["right_kept"] += best["score"] >= thr
@@ -94,6 +101,9 @@ def main() -> None:
     print("\nmost frequent confusions (truth -> read): " + ", ".join(
         f"{g}->{p} {c}" for (g, p), c in confusions.most_common(12)
     ))  # fmt: skip
+    if args.list:
+        print("\nnot read right and kept (image, truth, width x height, what was read there, score):")
+        print("\n".join(f"  {line}" for line in lost) or "  none")
 
 
 if __name__ == "__main__":
