@@ -1,14 +1,16 @@
 """How a checkpoint's plates read under other character NMS thresholds and score weights, and why they fail.
 
-    python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--char-thr 0.5] [--data-root DIR]
+    python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--cover none 0.6]
+        [--char-thr 0.5] [--data-root DIR]
 
 For every combination, the checkpoint's reading heads
 (:class:`lpr.models.char_reader.ReadingRoIHeads`) are set to that character NMS
-IoU (``char_nms_thresh``) and reader share of a character's score
-(``score_weight``; only a checkpoint trained with ``score_weight > 0`` has a
-"not a character" output, otherwise only 0 is run), the validation split of the
-checkpoint's own data set (or of the one under ``--data-root``, e.g. another
-seed's synthetic set to choose settings on images the reported figures do not
+IoU (``char_nms_thresh``), covered-box threshold (``char_cover_thresh``, ``none``
+for none) and reader share of a character's score (``score_weight``; only a
+checkpoint trained with ``score_weight > 0`` has a "not a character" output,
+otherwise only 0 is run), the validation split of the checkpoint's own data set
+(or of the one under ``--data-root``, e.g. another seed's synthetic set to choose
+settings on images the reported figures do not
 use) is predicted, and EIR and plate precision are computed
 with the checkpoint's plate-reading settings (DESIGN.md §5.3). Each failed ground-
 truth plate is put in one bin by what was read at its board (the predicted board
@@ -17,8 +19,9 @@ missing, too many or too few characters, or as many but a wrong one.
 ``--char-thr T`` asks what a lower score threshold for the characters alone
 would read: their scores are multiplied by ``score_thr / T`` (at most 1), so
 plate reading keeps those >= T. First it prints, per split of the data set, the
-largest IoU between two ground-truth characters of one image: how low the
-characters' NMS threshold can go before it would merge true neighbours.
+largest IoU between two ground-truth characters of one image, and the largest
+share of one's area another covers: how low the characters' NMS and cover
+thresholds can go before they would merge true neighbours.
 """
 
 from __future__ import annotations
@@ -40,19 +43,22 @@ from lpr.plates import PlateReading, character_labels, is_character_class, read_
 READING_KEYS = ("score_thr", "char_nms_iou", "sub_pattern", "main_pattern")
 
 
-def largest_character_overlap(coco: dict) -> float:
-    """The largest IoU between two ground-truth characters of one image of a COCO split."""
+def largest_character_overlap(coco: dict) -> tuple[float, float]:
+    """The largest IoU between two ground-truth characters of one image of a COCO split, and the
+    largest share of one character box's area that another covers."""
     chars = {c["id"] for c in coco["categories"] if is_character_class(c["name"])}
     boxes: dict[int, list[list[float]]] = collections.defaultdict(list)
     for a in coco["annotations"]:
         if a["category_id"] in chars:
             x, y, w, h = a["bbox"]
             boxes[a["image_id"]].append([x, y, x + w, y + h])
-    largest = 0.0
-    for b in boxes.values():
-        iou = box_iou(torch.tensor(b), torch.tensor(b)).fill_diagonal_(0)
-        largest = max(largest, iou.max().item())
-    return largest
+    largest_iou = largest_cover = 0.0
+    for b in map(torch.tensor, boxes.values()):
+        iou = box_iou(b, b).fill_diagonal_(0)
+        inter = (torch.min(b[:, None, 2:], b[None, :, 2:]) - torch.max(b[:, None, :2], b[None, :, :2])).clamp(min=0)
+        cover = (inter.prod(-1) / (b[:, 2:] - b[:, :2]).prod(-1)[:, None]).fill_diagonal_(0)
+        largest_iou, largest_cover = max(largest_iou, iou.max().item()), max(largest_cover, cover.max().item())
+    return largest_iou, largest_cover
 
 
 def rescale_characters(output: dict, is_char: torch.Tensor, factor: float) -> dict:
@@ -85,6 +91,10 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--nms", type=float, nargs="+", default=[0.5, 0.3], help="character NMS IoUs")
     parser.add_argument("--weight", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="reader score shares")
+    parser.add_argument(
+        "--cover", type=lambda v: None if v == "none" else float(v), nargs="+", default=[None],
+        help="character cover thresholds ('none': no cover suppression)",
+    )  # fmt: skip
     parser.add_argument("--char-thr", type=float, nargs="+", default=None, help="characters' score thresholds")
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
@@ -116,15 +126,18 @@ def main() -> None:
     }
 
     print(f"checkpoint: {args.ckpt} (trained with char_nms_thresh {heads.char_nms_thresh}, "
-          f"score_weight {heads.score_weight})\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
+          f"char_cover_thresh {heads.char_cover_thresh}, score_weight {heads.score_weight})\n"
+          f"validation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
           f"plate reading {reading}")  # fmt: skip
-    print("largest IoU of two ground-truth characters of an image: "
-          + ", ".join(f"{name} {iou:.3f}" for name, iou in overlaps.items()) + "\n")  # fmt: skip
+    print("two ground-truth characters of an image: largest IoU "
+          + ", ".join(f"{name} {iou:.3f}" for name, (iou, _) in overlaps.items())
+          + "; largest share of one covered by the other "
+          + ", ".join(f"{name} {cover:.3f}" for name, (_, cover) in overlaps.items()) + "\n")  # fmt: skip
     kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
-    header = f"{'nms':>5} {'weight':>6} {'chars':>5} {'EIR':>6} {'read':>7} {'precision':>9} "
+    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'chars':>5} {'EIR':>6} {'read':>7} {'precision':>9} "
     print(header + " ".join(f"{k:>14}" for k in kinds))
-    for nms, weight in itertools.product(args.nms, weights):
-        heads.char_nms_thresh, heads.score_weight = nms, weight
+    for nms, cover, weight in itertools.product(args.nms, args.cover, weights):
+        heads.char_nms_thresh, heads.char_cover_thresh, heads.score_weight = nms, cover, weight
         with torch.inference_mode():
             predicted = [(module(images), targets) for images, targets in batches]
         for char_thr in args.char_thr or [score_thr]:
@@ -140,7 +153,8 @@ def main() -> None:
             values = eir.compute()
             read_share = f"{values['counts']['matched']:3d}/{values['counts']['gt']:<3d}"
             print(
-                f"{nms:5.2f} {weight:6.2f} {char_thr:5.2f} {values['EIR']:6.3f} {read_share} "
+                f"{nms:5.2f} {'none' if cover is None else f'{cover:.2f}':>5} {weight:6.2f} {char_thr:5.2f} "
+                f"{values['EIR']:6.3f} {read_share} "
                 f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
                 flush=True,
             )

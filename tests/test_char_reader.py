@@ -9,7 +9,7 @@ import torch
 from torchvision.ops import box_iou
 
 from lpr.callbacks.consistency import ConsistencyError, check_heads
-from lpr.models.char_reader import CharReader, ReadingRoIHeads, square_boxes
+from lpr.models.char_reader import CharReader, ReadingRoIHeads, square_boxes, suppress_covered
 from lpr.models.maskrcnn import LevelRPN, build_maskrcnn, mobilenet_v3_fpn
 from lpr.models.module import MaskRCNNModule
 
@@ -204,6 +204,41 @@ def test_characters_have_their_own_nms_threshold():
         fixed_character_heads(heads, 0.9)
         kept[thresh] = len(character_boxes(heads, proposals))
     assert heads.nms_thresh == 0.5 and kept == {None: 3, 0.3: 2}
+
+
+def test_suppress_covered_drops_boxes_inside_a_kept_better_one_greedily():
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # 0: kept, the best
+            [3.0, 0.0, 13.0, 10.0],  # 1: 0.7 of it inside box 0: dropped
+            [10.5, 0.0, 13.0, 10.0],  # 2: inside box 1 only, which is dropped: kept
+            [1.0, 1.0, 4.0, 4.0],  # 3: wholly inside box 0: dropped
+        ]
+    )
+    scores = torch.tensor([0.9, 0.8, 0.5, 0.6])
+    assert suppress_covered(boxes, scores, 0.6).tolist() == [0, 2]
+    assert suppress_covered(boxes, scores, 1.0).tolist() == [0, 1, 3, 2]  # nothing covers more than all
+    assert suppress_covered(boxes[:0], scores[:0], 0.6).tolist() == []
+
+
+def test_characters_covered_by_a_better_character_box_are_dropped():
+    # the upper quarter of a character: IoU 0.25 with it survives the characters' NMS at 0.3, but lies
+    # wholly inside it; the neighbour, 0.3 of whose area the character covers, stays
+    proposals = torch.tensor([[10.0, 10.0, 30.0, 50.0], [10.0, 10.0, 30.0, 20.0], [24.0, 10.0, 44.0, 50.0]])
+    char_probs = torch.tensor([0.9, 0.8, 0.7])
+    logits = torch.stack([(1 - char_probs).log(), char_probs.log(), *[torch.full((3,), -20.0)] * 2], 1)
+    regression = torch.zeros(3, 4 * 4)
+    kept = {}
+    for cover in (None, 0.6):
+        char_reader = {**TINY_READER, "char_nms_thresh": 0.3, "char_cover_thresh": cover}
+        heads = tiny_model(char_labels=[1, 2], num_classes=4, char_reader=char_reader).eval().roi_heads
+        heads._images = torch.rand(1, 3, 128, 160)
+        boxes, scores, _ = heads.postprocess_detections(logits, regression, [proposals], [(128, 160)])
+        kept[cover] = [proposals.tolist().index(box) for box in boxes[0].tolist()]
+        assert torch.allclose(scores[0], char_probs[kept[cover]], atol=1e-4)
+    assert kept == {None: [0, 1, 2], 0.6: [0, 2]}
+    with pytest.raises(ValueError, match="char_cover_thresh"):
+        tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "char_cover_thresh": 1.5})
 
 
 def test_reader_learns_not_a_character_from_proposals_that_match_none():

@@ -21,6 +21,10 @@ Characters get their own NMS threshold (``char_nms_thresh``): two boxes on one
 character often overlap less than the 0.5 of torchvision's per-class NMS (a box
 on half of it, or one reaching into its neighbour), and each is read as a
 character of its own; neighbouring characters of a plate overlap far less.
+A box that lies mostly inside a better-scored character box (its upper half, say)
+overlaps it by little IoU; ``char_cover_thresh`` drops a character box when more
+than that share of its own area is covered by one scored higher (true neighbours of
+the synthetic set cover at most 0.45 of each other).
 
 With ``score_weight > 0`` the reader also says *whether* a box is a character: it
 learns a "not a character" output from proposals that match no character (as many
@@ -69,6 +73,22 @@ def pixel_cnn(channels: Sequence[int], norm_layer: Callable[[int], nn.Module]) -
             layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), norm_layer(c), nn.ReLU(inplace=True)]
             c_in = c
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def suppress_covered(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    """Indices (best score first) of the ``boxes`` (xyxy) kept by a greedy pass that drops each box
+    more than ``thresh`` of whose own area lies inside one kept box of a higher score."""
+    order = scores.argsort(descending=True)
+    b = boxes[order]
+    top_left = torch.max(b[:, None, :2], b[None, :, :2])
+    bottom_right = torch.min(b[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    area = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    covered = inter > thresh * area[:, None]  # covered[i, j]: box i lies inside box j by more than thresh
+    keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
+    for i in range(1, len(b)):
+        keep[i] = not bool((covered[i, :i] & keep[:i]).any())
+    return order[keep]
 
 
 def square_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
@@ -175,14 +195,18 @@ class ReadingRoIHeads(RoIHeads):
         reader: CharReader,
         agnostic: bool = False,
         char_nms_thresh: float | None = None,
+        char_cover_thresh: float | None = None,
         score_weight: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if char_cover_thresh is not None and not 0 < char_cover_thresh <= 1:
+            raise ValueError(f"char_cover_thresh must lie in (0, 1], got {char_cover_thresh}")
         if score_weight and not reader.background:
             raise ValueError(f"score_weight={score_weight} needs a reader with a 'not a character' output (background)")
         self.reader, self.agnostic, self.score_weight = reader, agnostic, score_weight
         self.char_nms_thresh = self.nms_thresh if char_nms_thresh is None else char_nms_thresh
+        self.char_cover_thresh = char_cover_thresh
         # during forward only: the batch being read, and the labels to output (postprocess_detections
         # hands the mask branch the channel each detection's mask comes from, not always its label)
         self._images: torch.Tensor | None = None
@@ -191,7 +215,7 @@ class ReadingRoIHeads(RoIHeads):
     @classmethod
     def around(cls, heads: RoIHeads, reader: CharReader, **options) -> ReadingRoIHeads:
         """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``
-        and ``options`` (``agnostic``, ``char_nms_thresh``, ``score_weight``)."""
+        and ``options`` (``agnostic``, ``char_nms_thresh``, ``char_cover_thresh``, ``score_weight``)."""
         return cls(
             heads.box_roi_pool,
             heads.box_head,
@@ -274,6 +298,9 @@ class ReadingRoIHeads(RoIHeads):
         ):
             other = ~self.reader.reads(classes).any(1)
             charness = (1 - self.score_weight) * charness + self.score_weight * by_reader.to(charness.dtype)
+            if self.char_cover_thresh is not None:
+                kept = suppress_covered(char_boxes, charness, self.char_cover_thresh)
+                char_boxes, charness, char_classes = char_boxes[kept], charness[kept], char_classes[kept]
             boxes = torch.cat([boxes[other], char_boxes])
             scores = torch.cat([scores[other], charness])
             classes = torch.cat([classes[other], char_classes])

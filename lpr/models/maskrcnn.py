@@ -323,8 +323,9 @@ def build_maskrcnn(
         char_reader: ``{size, context, channels, jitter}`` of a :class:`~lpr.models.char_reader.CharReader`
             that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`),
             plus the :class:`~lpr.models.char_reader.ReadingRoIHeads` options ``agnostic`` (the box and
-            mask heads learn all characters as one class), ``char_nms_thresh`` (the characters' NMS IoU)
-            and ``score_weight`` (the reader's share of a character's score; > 0 gives the reader a
+            mask heads learn all characters as one class), ``char_nms_thresh`` (the characters' NMS IoU),
+            ``char_cover_thresh`` (drop a character box covered by a better one beyond this share of its
+            area) and ``score_weight`` (the reader's share of a character's score; > 0 gives the reader a
             "not a character" output); ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
@@ -402,7 +403,11 @@ def build_maskrcnn(
         )
     if char_reader is not None:  # CharReader refuses empty char_labels
         char_reader = dict(char_reader)
-        options = {k: char_reader.pop(k) for k in ("agnostic", "char_nms_thresh", "score_weight") if k in char_reader}
+        options = {
+            k: char_reader.pop(k)
+            for k in ("agnostic", "char_nms_thresh", "char_cover_thresh", "score_weight")
+            if k in char_reader
+        }
         reader = CharReader(char_labels or [], background=bool(options.get("score_weight")), **char_reader)
         model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, **options)
     # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
