@@ -241,6 +241,28 @@ def test_characters_covered_by_a_better_character_box_are_dropped():
         tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "char_cover_thresh": 1.5})
 
 
+def test_reader_repeats_crop_each_character_anew_and_match_them_with_negatives():
+    reader = CharReader([4, 2], **TINY_READER, jitter=0.1, repeats=3, background=True)
+    seen: list[torch.Tensor] = []
+    reader.register_forward_hook(lambda module, args, out: seen.append(torch.cat(args[1])))
+    images = torch.rand(1, 3, 64, 64)
+    chars = torch.tensor([[10.0, 10.0, 20.0, 30.0], [30.0, 10.0, 40.0, 30.0]])
+    target = {"boxes": chars, "labels": torch.tensor([2, 4])}
+    force_reader(reader, 1)  # "2" for every crop: right on the three crops of the first character only
+    loss = reader.loss(images, [target])
+    boxes = seen[0]
+    assert len(boxes) == 6 and len({tuple(b) for b in boxes.tolist()}) == 6  # jittered independently
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert (centres[:, 0] < 25).tolist() == [True, False] * 3  # the characters' order, three times
+    assert loss.item() == pytest.approx(40.0 / 2, rel=1e-3)  # half the crops wrong by 40 nats
+    char_reader = {**TINY_READER, "score_weight": 0.5, "repeats": 2}
+    model = tiny_model(char_labels=[1, 2], num_classes=4, char_reader=char_reader)
+    far = torch.tensor([[100.0, 70.0, 120.0, 110.0]] * 10)
+    assert len(model.roi_heads._negatives(far, {"boxes": target["boxes"], "labels": torch.tensor([1, 2])})) == 4
+    with pytest.raises(ValueError, match="repeats"):
+        CharReader([4, 2], repeats=0)
+
+
 def test_reader_learns_not_a_character_from_proposals_that_match_none():
     reader = CharReader([4, 2], **TINY_READER, jitter=0.0, background=True)  # outputs: 4, 2, not a character
     images = torch.rand(1, 3, 64, 64)

@@ -109,6 +109,7 @@ class CharReader(nn.Module):
         channels: conv widths per resolution (two convs each, one at the last; 2x2
             max-pool between), then global average pooling and a linear layer.
         jitter: training boxes are moved and rescaled by up to this share of their size.
+        repeats: crops of each ground-truth character per training step, each jittered anew.
         background: a last "not a character" output, learnt from the negative boxes
             handed to :meth:`loss`.
     """
@@ -121,13 +122,17 @@ class CharReader(nn.Module):
         context: float = 0.2,
         channels: Sequence[int] = (32, 64, 128),
         jitter: float = 0.1,
+        repeats: int = 1,
         background: bool = False,
     ) -> None:
         super().__init__()
         if not char_labels:
             raise ValueError("char_reader needs at least one character class (single-character class names)")
+        if repeats < 1:
+            raise ValueError(f"char_reader repeats must be >= 1, got {repeats}")
         self.register_buffer("char_labels", torch.as_tensor(list(char_labels), dtype=torch.int64), persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
+        self.repeats = repeats
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -152,12 +157,12 @@ class CharReader(nn.Module):
         for i, t in enumerate(targets):
             is_char = self.reads(t["labels"])
             keep = is_char.any(1)
-            b = t["boxes"][keep]
+            b = t["boxes"][keep].repeat(self.repeats, 1)
             wh = b[:, 2:] - b[:, :2]
             shift = (torch.rand_like(wh) * 2 - 1) * self.jitter * wh
             scale = 1 + (torch.rand_like(wh) * 2 - 1) * self.jitter
             centre = (b[:, :2] + b[:, 2:]) / 2 + shift
-            classes.append(is_char[keep].int().argmax(1))
+            classes.append(is_char[keep].int().argmax(1).repeat(self.repeats))
             boxes.append(torch.cat([centre - wh * scale / 2, centre + wh * scale / 2], 1))
             if self.background and negatives is not None:
                 boxes[-1] = torch.cat([boxes[-1], negatives[i]])
@@ -263,17 +268,18 @@ class ReadingRoIHeads(RoIHeads):
         return result, losses
 
     def _negatives(self, proposals: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
-        """As many proposals as ``target`` has characters that overlap none of them by IoU 0.4 or more:
-        half of them (where there are enough) overlapping one by at least 0.1 (part of a character, or
-        parts of two), the rest anywhere."""
+        """As many proposals as the reader gets crops of ``target``'s characters (``repeats`` per character)
+        that overlap none of them by IoU 0.4 or more: half of them (where there are enough) overlapping
+        one by at least 0.1 (part of a character, or parts of two), the rest anywhere."""
         chars = target["boxes"][self.reader.reads(target["labels"]).any(1)]
         if not len(chars) or not len(proposals):
             return proposals[:0]
         iou = box_iou(proposals, chars).amax(1)
         near = torch.where((iou >= 0.1) & (iou < 0.4))[0]
         far = torch.where(iou < 0.1)[0]
-        near = near[torch.randperm(len(near), device=near.device)[: (len(chars) + 1) // 2]]
-        far = far[torch.randperm(len(far), device=far.device)[: len(chars) - len(near)]]
+        count = len(chars) * self.reader.repeats
+        near = near[torch.randperm(len(near), device=near.device)[: (count + 1) // 2]]
+        far = far[torch.randperm(len(far), device=far.device)[: count - len(near)]]
         return proposals[torch.cat([near, far])]
 
     def postprocess_detections(

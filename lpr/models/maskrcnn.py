@@ -320,7 +320,7 @@ def build_maskrcnn(
             to leave a stride-4 map ``"0"`` to the RoI heads); ``None``: all of them.
         pixel_head: ``{size, context, channels}`` to give the box head each RoI's pixels
             through a small CNN (:class:`PixelBoxHead`); ``None``: torchvision's MLP alone.
-        char_reader: ``{size, context, channels, jitter}`` of a :class:`~lpr.models.char_reader.CharReader`
+        char_reader: ``{size, context, channels, jitter, repeats}`` of a :class:`~lpr.models.char_reader.CharReader`
             that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`),
             plus the :class:`~lpr.models.char_reader.ReadingRoIHeads` options ``agnostic`` (the box and
             mask heads learn all characters as one class), ``char_nms_thresh`` (the characters' NMS IoU),
