@@ -38,6 +38,7 @@ from torchvision.ops import box_iou
 from lpr.checkpoint import load
 from lpr.data.validate import load_coco_json
 from lpr.metrics.detection import ExactInferenceRate
+from lpr.models.char_reader import covered_share
 from lpr.plates import PlateReading, character_labels, is_character_class, read_boards
 
 READING_KEYS = ("score_thr", "char_nms_iou", "sub_pattern", "main_pattern")
@@ -55,8 +56,7 @@ def largest_character_overlap(coco: dict) -> tuple[float, float]:
     largest_iou = largest_cover = 0.0
     for b in map(torch.tensor, boxes.values()):
         iou = box_iou(b, b).fill_diagonal_(0)
-        inter = (torch.min(b[:, None, 2:], b[None, :, 2:]) - torch.max(b[:, None, :2], b[None, :, :2])).clamp(min=0)
-        cover = (inter.prod(-1) / (b[:, 2:] - b[:, :2]).prod(-1)[:, None]).fill_diagonal_(0)
+        cover = covered_share(b).fill_diagonal_(0)
         largest_iou, largest_cover = max(largest_iou, iou.max().item()), max(largest_cover, cover.max().item())
     return largest_iou, largest_cover
 

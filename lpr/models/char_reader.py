@@ -75,18 +75,22 @@ def pixel_cnn(channels: Sequence[int], norm_layer: Callable[[int], nn.Module]) -
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+def covered_share(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, N)``: the share of box ``i``'s area (xyxy ``boxes``) that lies inside box ``j`` (0 for empty boxes)."""
+    top_left = torch.max(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = torch.min(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
+    return inter / area.clamp(min=torch.finfo(inter.dtype).tiny)[:, None]
+
+
 def suppress_covered(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
     """Indices (best score first) of the ``boxes`` (xyxy) kept by a greedy pass that drops each box
     more than ``thresh`` of whose own area lies inside one kept box of a higher score."""
     order = scores.argsort(descending=True)
-    b = boxes[order]
-    top_left = torch.max(b[:, None, :2], b[None, :, :2])
-    bottom_right = torch.min(b[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
-    covered = inter > thresh * area[:, None]  # covered[i, j]: box i lies inside box j by more than thresh
-    keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
-    for i in range(1, len(b)):
+    covered = covered_share(boxes[order]) > thresh
+    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
+    for i in range(1, len(order)):
         keep[i] = not bool((covered[i, :i] & keep[:i]).any())
     return order[keep]
 
