@@ -310,3 +310,16 @@ def test_score_weight_mixes_the_readers_character_probability_into_the_score():
     assert torch.allclose(detections["scores"], torch.tensor(0.75 * 0.4 + 0.25 * 0.6), atol=1e-3)
     with pytest.raises(ValueError, match="not a character"):
         ReadingRoIHeads.around(heads, CharReader([1, 2], **TINY_READER), score_weight=0.5)
+
+
+def test_box_head_iou_thresholds_decide_which_proposals_learn_an_object():
+    gt = torch.tensor([[10.0, 10.0, 20.0, 24.0]])  # a 10 x 14 px character
+    proposals = torch.tensor([[12.0, 12.0, 22.0, 26.0], [13.0, 13.0, 23.0, 27.0], [40.0, 40.0, 50.0, 54.0]])
+    assert box_iou(proposals, gt)[:, 0].tolist() == pytest.approx([96 / 184, 77 / 203, 0.0])  # 0.52, 0.38, 0
+    labels = {}
+    for fg, bg in ((0.5, 0.5), (0.35, 0.35), (0.5, 0.3)):
+        heads = tiny_model(char_labels=[1, 2], num_classes=4, box_fg_iou_thresh=fg, box_bg_iou_thresh=bg).roi_heads
+        _, assigned = heads.assign_targets_to_proposals([proposals], [gt], [torch.tensor([2])])
+        labels[fg, bg] = assigned[0].tolist()
+    # positive (the label), background (0) or left out (-1)
+    assert labels == {(0.5, 0.5): [2, 0, 0], (0.35, 0.35): [2, 2, 0], (0.5, 0.3): [2, -1, 0]}

@@ -281,6 +281,8 @@ def build_maskrcnn(
     rpn_batch_size_per_image: int = 256,
     box_batch_size_per_image: int = 128,
     box_positive_fraction: float = 0.25,
+    box_fg_iou_thresh: float = 0.5,
+    box_bg_iou_thresh: float = 0.5,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
     representation_size: int = 512,
@@ -312,6 +314,9 @@ def build_maskrcnn(
         rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
         box_batch_size_per_image: RoIs sampled per image for the heads.
         box_positive_fraction: the share of those RoIs matched to an object (where there are enough).
+        box_fg_iou_thresh: a RoI overlapping an object by at least this IoU learns it (torchvision: 0.5).
+        box_bg_iou_thresh: a RoI overlapping every object by less learns background; between the two
+            it is left out (torchvision: 0.5).
         box_detections_per_img: detections kept per image.
         box_score_thresh: detections below this score are dropped at inference.
         representation_size: width of the two-layer box MLP.
@@ -389,6 +394,8 @@ def build_maskrcnn(
         box_predictor=FastRCNNPredictor(box_features, num_classes),
         box_batch_size_per_image=box_batch_size_per_image,
         box_positive_fraction=box_positive_fraction,
+        box_fg_iou_thresh=box_fg_iou_thresh,
+        box_bg_iou_thresh=box_bg_iou_thresh,
         box_detections_per_img=box_detections_per_img,
         box_score_thresh=box_score_thresh,
         mask_roi_pool=pool(featmap_names, output_size=14, sampling_ratio=2),
