@@ -15,10 +15,15 @@ from lpr.data import CocoDataModule
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def plate_config(overrides: list[str]) -> DictConfig:
+    """The plate recipe's composed config with ``overrides``."""
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose("train", overrides=["+experiment=plate", "paths.output_dir=unused", *overrides])
+
+
 def plate_config_and_data(overrides: list[str]) -> tuple[DictConfig, CocoDataModule]:
     """The plate recipe's config with ``overrides`` and its data module, generated and set up."""
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=plate", "paths.output_dir=unused", *overrides])
+    cfg = plate_config(overrides)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
