@@ -2,7 +2,7 @@
 
     python scripts/crop_fit.py [--crop 288x384 --crop 256x320 ...]   (default: the recipe's train_crop)
 
-For ``model.net.train_crop`` (``lpr.models.maskrcnn.CroppingTransform``): the union box of
+For ``model.net.train_crop`` (``lpr.models.maskrcnn.DetectionTransform``): the union box of
 each training image's objects (the plate: boards, text regions, characters), scaled like
 the recipe's input (``model.net.min_size`` over the image height), against windows of the
 scaled image. Prints the mean share of the image the union covers and, per window, the

@@ -14,7 +14,7 @@ from lpr.data import CocoDataModule
 from lpr.hardware import cpu_flags, cpu_precision
 from lpr.models.maskrcnn import (
     BackboneWithImage,
-    CroppingTransform,
+    DetectionTransform,
     Float32Conv2d,
     LevelRPN,
     PixelBoxHead,
@@ -322,7 +322,7 @@ class LearningRates(L.Callback):
 
 
 def test_cropping_transform_trains_on_a_window_that_holds_the_objects_at_inference_scale():
-    transform = CroppingTransform(432, 576, [0.0] * 3, [1.0] * 3, size_divisible=1, crop=[96, 128])
+    transform = DetectionTransform(432, 576, [0.0] * 3, [1.0] * 3, size_divisible=1, crop=[96, 128])
     image = torch.rand(3, 288, 384)
     masks = torch.zeros(2, 288, 384, dtype=torch.uint8)
     masks[0, 50:90, 100:120] = masks[1, 60:100, 130:150] = 1

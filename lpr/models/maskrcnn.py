@@ -15,11 +15,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads, pixel_cnn, sampling_settings, square_boxes
+from lpr.models.paste import paste_masks
 from lpr.models.roi_align import SparseMultiScaleRoIAlign
 
 NormLayer = Callable[[int], nn.Module]
@@ -220,26 +221,32 @@ class PixelBoxHead(nn.Module):
         return torch.cat([self.mlp(features), self.pixels(pixels)], 1)
 
 
-class CroppingTransform(GeneralizedRCNNTransform):
-    """torchvision's transform plus, in training, a random window of each resized image that holds all its objects.
+class DetectionTransform(GeneralizedRCNNTransform):
+    """torchvision's transform with two options: training windows, and masks pasted as their targets were made.
 
-    The window is ``crop`` (height, width) pixels of the resized image, larger along a side where the
-    objects span more (a batch is padded to its largest image); an image without objects gets a window
-    anywhere. The characters keep the scale they have at inference, while the body, FPN and RPN, whose
-    cost follows the pixels, see fewer of them. Inference is torchvision's.
+    ``crop`` (height, width): in training, a random window of each resized image that holds all its
+    objects, larger along a side where the objects span more (a batch is padded to its largest
+    image); an image without objects gets a window anywhere. The characters keep the scale they
+    have at inference, while the body, FPN and RPN, whose cost follows the pixels, see fewer of them.
+    ``None``: the whole images.
+
+    ``exact_paste``: at inference, each mask goes into the image by :func:`lpr.models.paste.paste_masks`,
+    the inverse of the training targets' projection; ``False``: torchvision's ``paste_masks_in_image``,
+    whose whole-pixel boxes move a character's boundary by up to a pixel.
     """
 
-    def __init__(self, *args, crop: Sequence[int], **kwargs) -> None:
+    def __init__(self, *args, crop: Sequence[int] | None = None, exact_paste: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if len(crop) != 2 or min(crop) < 32:
+        if crop is not None and (len(crop) != 2 or min(crop) < 32):
             raise ValueError(f"train_crop is (height, width), each >= 32 pixels, got {list(crop)}")
-        self.crop = (int(crop[0]), int(crop[1]))
+        self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
+        self.exact_paste = exact_paste
 
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         image, target = super().resize(image, target)
-        if not self.training or target is None:
+        if self.crop is None or not self.training or target is None:
             return image, target
         (y, x), (h, w) = self._window(image.shape[-2:], target["boxes"])
         target = dict(target)
@@ -263,6 +270,21 @@ class CroppingTransform(GeneralizedRCNNTransform):
             start.append(low + int(torch.randint(high - low + 1, ())))
             extent.append(want)
         return (start[0], start[1]), (extent[0], extent[1])
+
+    def postprocess(
+        self,
+        result: list[dict[str, torch.Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, torch.Tensor]]:
+        if self.training or not self.exact_paste:
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        for pred, resized, original in zip(result, image_shapes, original_image_sizes, strict=True):
+            pred["boxes"] = resize_boxes(pred["boxes"], resized, original)
+            if "masks" in pred:
+                scale = (resized[0] / original[0], resized[1] / original[1])
+                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original, scale)
+        return result
 
 
 def build_maskrcnn(
@@ -293,6 +315,7 @@ def build_maskrcnn(
     char_labels: Sequence[int] | None = None,
     train_crop: Sequence[int] | None = None,
     sparse_roi_align: bool = True,
+    exact_paste: bool = True,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -335,10 +358,12 @@ def build_maskrcnn(
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
         train_crop: ``(height, width)``: train on random windows of the resized images that hold
-            their objects (:class:`CroppingTransform`); ``None``: on the whole images.
+            their objects (:class:`DetectionTransform`); ``None``: on the whole images.
         sparse_roi_align: the RoI heads pool their features with
             :class:`~lpr.models.roi_align.SparseMultiScaleRoIAlign` (torchvision's results, a CPU
             backward pass 8x faster); ``False``: with torchvision's ``MultiScaleRoIAlign``.
+        exact_paste: paste the masks into the image as the exact inverse of their training targets
+            (:func:`lpr.models.paste.paste_masks`); ``False``: torchvision's ``paste_masks_in_image``.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -403,11 +428,16 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
     model.roi_heads.box_roi_pool = box_roi_pool
-    if train_crop is not None:
-        t = model.transform
-        model.transform = CroppingTransform(
-            t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible, crop=train_crop
-        )
+    t = model.transform
+    model.transform = DetectionTransform(
+        t.min_size,
+        t.max_size,
+        t.image_mean,
+        t.image_std,
+        size_divisible=t.size_divisible,
+        crop=train_crop,
+        exact_paste=exact_paste,
+    )
     if char_reader is not None:  # CharReader refuses empty char_labels
         char_reader = dict(char_reader)
         options = {

@@ -1,0 +1,78 @@
+"""Masks pasted into the image as the inverse of their training targets (lpr.models.paste)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import roi_align
+
+from lpr.models.maskrcnn import build_maskrcnn, mobilenet_v3_fpn
+from lpr.models.paste import paste_masks
+
+
+def training_target(mask: torch.Tensor, box: torch.Tensor, scale: float, m: int = 28) -> tuple[torch.Tensor, tuple]:
+    """``mask`` as Mask R-CNN's loss sees it: resized with the image (torchvision's transform), projected on ``box``."""
+    resized = F.interpolate(mask[None, None].float(), scale_factor=scale, recompute_scale_factor=True)
+    sy, sx = resized.shape[-2] / mask.shape[0], resized.shape[-1] / mask.shape[1]
+    rois = torch.cat([torch.zeros(len(box), 1), box * torch.tensor([sx, sy, sx, sy])], dim=1)
+    return roi_align(resized, rois, (m, m), 1.0), (sy, sx)  # torchvision's project_masks_on_boxes
+
+
+def test_paste_masks_is_bilinear_sampling_of_each_mask_over_its_box():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 1, 28, 28, generator=g)
+    xy = torch.rand(5, 2, generator=g) * torch.tensor([60.0, 40.0])
+    boxes = torch.cat([xy, xy + 3 + torch.rand(5, 2, generator=g) * 30], dim=1)
+    h, w, scale = 50, 70, (1.5, 1.25)
+    pasted = paste_masks(masks, boxes, (h, w), scale)
+    # the same with grid_sample: pixel j reads the mask where the target projection put it
+    ys = (torch.arange(h) + 0.5 - 0.5 / scale[0])[None, :] - boxes[:, 1:2]
+    xs = (torch.arange(w) + 0.5 - 0.5 / scale[1])[None, :] - boxes[:, 0:1]
+    gy = 2 * ys / (boxes[:, 3:4] - boxes[:, 1:2]) - 1
+    gx = 2 * xs / (boxes[:, 2:3] - boxes[:, 0:1]) - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    expected = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    assert pasted.shape == (5, 1, h, w)
+    torch.testing.assert_close(pasted, expected, atol=1e-5, rtol=0)
+    assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, 1, h, w)
+
+
+def test_a_mask_projected_for_training_and_pasted_back_is_the_mask_again():
+    g = torch.Generator().manual_seed(1)
+    exact_misses = torchvision_misses = 0
+    for _ in range(20):
+        x0, y0 = (int(v) for v in torch.randint(0, 40, (2,), generator=g))
+        bw, bh = (int(v) for v in torch.randint(6, 30, (2,), generator=g))  # characters are 6-11 px wide
+        mask = torch.zeros(80, 90)
+        mask[y0 : y0 + bh, x0 : x0 + bw] = 1
+        box = torch.tensor([[x0, y0, x0 + bw, y0 + bh]], dtype=torch.float32)
+        target, scale = training_target(mask, box, 1.5)
+        misses = int((paste_masks(target, box, mask.shape, scale)[0, 0] >= 0.5).ne(mask.bool()).sum())
+        assert misses <= 4, (x0, y0, bw, bh)  # at most the corners, which bilinear sampling rounds
+        exact_misses += misses
+        torchvision_misses += int((paste_masks_in_image(target, box, mask.shape)[0, 0] >= 0.5).ne(mask.bool()).sum())
+    assert torchvision_misses > 100 and torchvision_misses > 10 * exact_misses  # whole-pixel boxes: edges off by one
+
+
+def test_a_model_pastes_exactly_by_default_with_the_same_boxes_and_float32_masks_under_bf16():
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for exact in (True, False):
+        torch.manual_seed(0)
+        backbone = mobilenet_v3_fpn(out_channels=32)
+        paste = {} if exact else {"exact_paste": False}  # the default pastes exactly
+        model = build_maskrcnn(num_classes=3, backbone=backbone, representation_size=32, mask_head_layers=[16], **paste)
+        model.eval()
+        with torch.no_grad():
+            out[exact] = model([image])[0]
+    assert len(out[True]["boxes"]) > 0
+    torch.testing.assert_close(out[True]["boxes"], out[False]["boxes"])
+    assert out[True]["masks"].shape == out[False]["masks"].shape == (len(out[True]["boxes"]), 1, 96, 128)
+    assert not torch.equal(out[True]["masks"], out[False]["masks"])
+    assert out[True]["masks"].min() >= 0 and out[True]["masks"].max() <= 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.transform.exact_paste is False
+        model.transform.exact_paste = True
+        masks = model([image])[0]["masks"]
+    assert masks.dtype == torch.float32
