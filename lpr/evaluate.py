@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,18 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning import LightningDataModule
 from omegaconf import DictConfig, OmegaConf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from lpr.checkpoint import CheckpointError, load
+from lpr.checkpoint import CheckpointError, LoadedCheckpoint, load
 from lpr.config_check import clear_errors
 from lpr.data.coco import decode_segmentation
 from lpr.data.validate import DataValidationError
 from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
-from lpr.models.module import VAL_KEYS
+from lpr.models.module import VAL_KEYS, MaskRCNNModule
 
 log = logging.getLogger("lpr.evaluate")
 
@@ -197,9 +199,26 @@ def evaluate_checkpoint(
         ValueError: the data set's classes differ from the checkpoint's.
     """
     loaded = load(ckpt_path, map_location=device)
+    datamodule = validation_data(loaded, data_cfg, batch_size=batch_size)
+    return evaluate_module(loaded.module, datamodule.val_dataloader(), loaded.classes, device=device)
+
+
+def validation_data(
+    loaded: LoadedCheckpoint, data_cfg: DictConfig | dict | None = None, *, batch_size: int | None = None
+) -> LightningDataModule:
+    """The data module a checkpoint is evaluated on, set up for validation.
+
+    Args:
+        loaded: the checkpoint.
+        data_cfg: a data module config; None uses the one stored in the checkpoint.
+        batch_size: overrides the data config's batch size.
+
+    Raises:
+        ValueError: no data config, or the data set's classes differ from the checkpoint's.
+    """
     data_cfg = data_cfg if data_cfg is not None else loaded.config.get("data")
     if not data_cfg:
-        raise ValueError(f"{ckpt_path} stores no data config: pass data=... (e.g. data=plate)")
+        raise ValueError(f"{loaded.path} stores no data config: pass data=... (e.g. data=plate)")
     data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(data_cfg), resolve=True))
     if batch_size:
         data_cfg.batch_size = batch_size
@@ -208,12 +227,23 @@ def evaluate_checkpoint(
     datamodule.setup("validate")
     if datamodule.classes != loaded.classes:
         raise ValueError(
-            f"data set classes {datamodule.classes} differ from the checkpoint's {loaded.classes} ({ckpt_path})"
+            f"data set classes {datamodule.classes} differ from the checkpoint's {loaded.classes} ({loaded.path})"
         )
-    module = loaded.module
+    return datamodule
+
+
+@torch.inference_mode()
+def evaluate_module(
+    module: MaskRCNNModule, loader: Iterable, classes: list[str], *, device: str = "cpu"
+) -> tuple[dict, dict]:
+    """Every metric of ``module`` (in eval mode) over the ``(images, targets)`` batches of ``loader``.
+
+    Returns:
+        ``(report, details)`` as :func:`evaluate_checkpoint`.
+    """
     for metric in (module.val_map, module.val_dv, module.val_eir):
         metric.reset()
-    for images, targets in datamodule.val_dataloader():
+    for images, targets in loader:
         outputs = module([im.to(device) for im in images])
         module.update_metrics([{k: v.cpu() for k, v in o.items()} for o in outputs], targets)
     values: dict[str, Any] = {}
@@ -227,7 +257,7 @@ def evaluate_checkpoint(
         "dv_AP": computed["dv"]["details"],
     }
     values["EIR"] = _finite(values["EIR"])
-    report = _report(values, loaded.classes, details, computed["eir"]["plates"], computed["eir"]["counts"])
+    report = _report(values, classes, details, computed["eir"]["plates"], computed["eir"]["counts"])
     return report, details
 
 

@@ -1,13 +1,14 @@
-"""Masks pasted into the image as the inverse of their training targets (lpr.models.paste)."""
+"""Mask precision: masks pasted as the inverse of their training targets (lpr.models.paste), the pixel mask head."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.ops import roi_align
 
-from lpr.models.maskrcnn import build_maskrcnn, mobilenet_v3_fpn
+from lpr.models.char_reader import IMAGE_KEY
+from lpr.models.maskrcnn import PixelMaskHead, PixelMaskRoIPool, build_maskrcnn, mobilenet_v3_fpn
 from lpr.models.paste import paste_masks
 
 
@@ -76,3 +77,31 @@ def test_a_model_pastes_exactly_by_default_with_the_same_boxes_and_float32_masks
         model.transform.exact_paste = True
         masks = model([image])[0]["masks"]
     assert masks.dtype == torch.float32
+
+
+def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learns_from_them():
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, 96, 128, generator=g)
+    boxes = torch.tensor([[30.0, 20.0, 41.5, 50.0], [60.2, 10.0, 90.0, 33.3]])
+    pool = PixelMaskRoIPool(["0"])
+    features = {"0": torch.rand(1, 8, 12, 16, generator=g), IMAGE_KEY: image}
+    fpn, pixels = pool(features, [boxes], [(96, 128)])
+    assert fpn.shape == (2, 8, 14, 14) and pixels.shape == (2, 3, 28, 28)
+    targets = project_masks_on_boxes(image[0], boxes, torch.zeros(2, dtype=torch.long), 28)  # channels as masks
+    torch.testing.assert_close(pixels[:, 0], targets)
+
+    torch.manual_seed(0)
+    model = build_maskrcnn(
+        num_classes=3, backbone=mobilenet_v3_fpn(out_channels=32), representation_size=32, mask_head_layers=[16],
+        mask_pixel_channels=[8, 8],
+    )  # fmt: skip
+    assert isinstance(model.roi_heads.mask_head, PixelMaskHead)
+    masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    masks[0, 20:50, 30:42] = 1
+    target = {"boxes": torch.tensor([[30.0, 20.0, 42.0, 50.0]]), "labels": torch.tensor([2]), "masks": masks}
+    losses = model.train()([image[0]], [target])
+    losses["loss_mask"].backward()
+    assert model.roi_heads.mask_head.pixels[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out = model.eval()([image[0]])[0]
+    assert out["masks"].shape == (len(out["boxes"]), 1, 96, 128)

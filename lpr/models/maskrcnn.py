@@ -221,6 +221,73 @@ class PixelBoxHead(nn.Module):
         return torch.cat([self.mlp(features), self.pixels(pixels)], 1)
 
 
+class PixelMaskRoIPool(nn.Module):
+    """Mask RoI features from the FPN maps (14x14), plus each RoI's pixels on the grid of its 28x28 target.
+
+    The pixels are sampled as torchvision's ``project_masks_on_boxes`` samples the mask targets
+    (``roi_align`` on the box, ``aligned=False``, adaptive sampling), so cell ``i`` of the crop is
+    cell ``i`` of the target. Returns
+    ``(fpn_features (N, C, 14, 14), pixels (N, 3, 28, 28))`` for :class:`PixelMaskHead`.
+    """
+
+    def __init__(self, featmap_names: Sequence[str], *, pool: type = MultiScaleRoIAlign) -> None:
+        super().__init__()
+        self.pool = pool(list(featmap_names), output_size=14, sampling_ratio=2)
+
+    def forward(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image = features[IMAGE_KEY]
+        boxes = [b.to(image.dtype) for b in proposals]
+        pixels = roi_align(image, boxes, 2 * 14, spatial_scale=1.0, aligned=False)  # project_masks_on_boxes' call
+        return self.pool(features, proposals, image_shapes), pixels
+
+
+class PixelMaskHead(nn.Module):
+    """torchvision's mask head on the FPN features, side by side with small convs on the RoI's own pixels.
+
+    A 10 px character covers two cells of the stride-8 map its mask is pooled from, so the 28x28
+    mask upsampled from there cannot place its boundary to the pixel that DV IoU asks for
+    (``scripts/dv_sensitivity.py``); the glyph's own pixels can. Returns
+    ``(fpn (N, layers[-1], 14, 14), pixels (N, channels[-1], 28, 28))`` for :class:`PixelMaskPredictor`.
+    """
+
+    def __init__(self, in_channels: int, layers: Sequence[int], channels: Sequence[int] = (16, 16)) -> None:
+        super().__init__()
+        self.fpn = MaskRCNNHeads(in_channels, list(layers), dilation=1)
+        convs: list[nn.Module] = []
+        c_in = 3
+        for c in channels:  # no norm layer: the inputs are normalised pixels, and GroupNorm on channels-last
+            convs += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(inplace=True)]  # bf16 is 10x slower (CPU)
+            c_in = c
+        self.pixels = nn.Sequential(*convs)
+        self.out_channels = (list(layers)[-1], c_in)
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        features, pixels = x
+        return self.fpn(features), self.pixels(pixels)
+
+
+class PixelMaskPredictor(nn.Module):
+    """torchvision's mask predictor (2x transposed conv, ReLU, 1x1 conv to the classes) with the pixel
+    features joining before the 1x1 conv: each class's mask logit is the upsampled FPN term plus a
+    term of the pixels at that cell."""
+
+    def __init__(self, in_channels: tuple[int, int], num_classes: int) -> None:
+        super().__init__()
+        fpn, pixels = in_channels
+        self.conv5_mask = nn.ConvTranspose2d(fpn, fpn, 2, 2, 0)
+        self.mask_fcn_logits = nn.Conv2d(fpn + pixels, num_classes, 1)
+        for conv in (self.conv5_mask, self.mask_fcn_logits):  # torchvision's initialisation
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        features, pixels = x
+        upsampled = torch.relu(self.conv5_mask(features))
+        return self.mask_fcn_logits(torch.cat([upsampled, pixels.to(upsampled.dtype)], 1))
+
+
 class DetectionTransform(GeneralizedRCNNTransform):
     """torchvision's transform with two options: training windows, and masks pasted as their targets were made.
 
@@ -313,6 +380,7 @@ def build_maskrcnn(
     pixel_head: dict | None = None,
     char_reader: dict | None = None,
     char_labels: Sequence[int] | None = None,
+    mask_pixel_channels: Sequence[int] | None = None,
     train_crop: Sequence[int] | None = None,
     sparse_roi_align: bool = True,
     exact_paste: bool = True,
@@ -357,6 +425,8 @@ def build_maskrcnn(
             "not a character" output); ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
+        mask_pixel_channels: widths of 3x3 convs on each RoI's own pixels whose features join the
+            mask logits (:class:`PixelMaskHead`); ``None``: torchvision's mask head alone.
         train_crop: ``(height, width)``: train on random windows of the resized images that hold
             their objects (:class:`DetectionTransform`); ``None``: on the whole images.
         sparse_roi_align: the RoI heads pool their features with
@@ -401,7 +471,7 @@ def build_maskrcnn(
         box_roi_pool = PixelRoIPool(featmap_names, size=size, context=context, pool=pool)
         box_head = PixelBoxHead(channels, representation_size, **pixel_head)
         box_features = box_head.out_features
-    if pixel_head is not None or char_reader is not None:
+    if pixel_head is not None or char_reader is not None or mask_pixel_channels is not None:
         backbone = BackboneWithImage(backbone)
     model = MaskRCNN(
         backbone,
@@ -428,6 +498,11 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
     model.roi_heads.box_roi_pool = box_roi_pool
+    if mask_pixel_channels is not None:  # torchvision accepts only a MultiScaleRoIAlign as the mask pool
+        mask_head = PixelMaskHead(channels, mask_head_layers, mask_pixel_channels)
+        model.roi_heads.mask_roi_pool = PixelMaskRoIPool(featmap_names, pool=pool)
+        model.roi_heads.mask_head = mask_head
+        model.roi_heads.mask_predictor = PixelMaskPredictor(mask_head.out_channels, num_classes)
     t = model.transform
     model.transform = DetectionTransform(
         t.min_size,

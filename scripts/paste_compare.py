@@ -1,0 +1,74 @@
+"""A checkpoint's mask metrics with its masks pasted both ways: lpr's exact paste and torchvision's.
+
+    python scripts/paste_compare.py CKPT [--data-root DIR] [--batch 4] [--repeats 3]
+
+The mask head's ``M x M`` masks go into the image either by
+:func:`lpr.models.paste.paste_masks` (``model.net.exact_paste=true``, the
+default) or by torchvision's ``paste_masks_in_image``; nothing else differs, so
+boxes, mAP and EIR are the same and segm mAP and DV mAP (DESIGN.md §5.2) show
+what the paste costs. The validation split is the checkpoint's own (or the one
+under ``--data-root``). Then the model's forward on those images, in eval
+mode, is timed with each paste, alternating, ``--repeats`` times after one
+warm-up pass: the median seconds per image of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from lpr.checkpoint import load
+from lpr.evaluate import evaluate_module, validation_data
+
+PASTES = {"exact (lpr)": True, "torchvision": False}
+KEYS = ("mAP", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR")
+
+
+@torch.inference_mode()
+def seconds_per_image(model: torch.nn.Module, batches: list) -> float:
+    start = time.perf_counter()
+    for images, _ in batches:
+        model(images)
+    return (time.perf_counter() - start) / sum(len(images) for images, _ in batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt")
+    parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    loaded = load(args.ckpt)
+    data_cfg = OmegaConf.create(loaded.config["data"])
+    if args.data_root:
+        data_cfg.root, data_cfg.synthesize = args.data_root, None
+    batches = list(validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader())
+    transform = loaded.model.transform
+    print(f"checkpoint: {args.ckpt}\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images, "
+          f"batch {args.batch}, torch threads {torch.get_num_threads()}\n")  # fmt: skip
+    print(f"{'paste':<14}" + "".join(f"{k:>13}" for k in KEYS))
+    for name, exact in PASTES.items():
+        transform.exact_paste = exact
+        report, _ = evaluate_module(loaded.module, batches, loaded.classes)
+        print(f"{name:<14}" + "".join(f"{report[k]:>13.3f}" if report[k] is not None else f"{'-':>13}" for k in KEYS))
+
+    times: dict[str, list[float]] = {name: [] for name in PASTES}
+    for repeat in range(args.repeats + 1):
+        for name, exact in PASTES.items():
+            transform.exact_paste = exact
+            t = seconds_per_image(loaded.model, batches)
+            if repeat:  # the first pass warms up
+                times[name].append(t)
+    print("\nforward, eval mode (median of " + f"{args.repeats}): "
+          + ", ".join(f"{name} {1000 * statistics.median(t):.1f} ms/image" for name, t in times.items()))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
