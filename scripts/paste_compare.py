@@ -7,9 +7,13 @@ The mask head's ``M x M`` masks go into the image either by
 default) or by torchvision's ``paste_masks_in_image``; nothing else differs, so
 boxes, mAP and EIR are the same and segm mAP and DV mAP (DESIGN.md §5.2) show
 what the paste costs. The validation split is the checkpoint's own (or the one
-under ``--data-root``). Then the model's forward on those images, in eval
-mode, is timed with each paste, alternating, ``--repeats`` times after one
-warm-up pass: the median seconds per image of each.
+under ``--data-root``). For the characters, each ground-truth character's
+detection of its class with the highest box IoU (at least 0.5) gives the
+median ratio of its binary mask's area to the ground truth's, its median DV
+IoU and the share with DV IoU >= 0.5: whether masks come out too thick or
+too thin. Then the model's forward on those images, in eval mode, is timed
+with each paste, alternating, ``--repeats`` times after one warm-up pass: the
+median seconds per image of each.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torchvision.ops import box_iou
 
 from lpr.checkpoint import load
 from lpr.evaluate import evaluate_module, validation_data
+from lpr.metrics.detection import MASK_THRESHOLD
+from lpr.metrics.dv import dv_iou_matrix, mask_slices
+from lpr.plates import character_labels
 
 PASTES = {"exact (lpr)": True, "torchvision": False}
 KEYS = ("mAP", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR")
@@ -34,6 +43,37 @@ def seconds_per_image(model: torch.nn.Module, batches: list) -> float:
     for images, _ in batches:
         model(images)
     return (time.perf_counter() - start) / sum(len(images) for images, _ in batches)
+
+
+def dv_iou_one(pred_mask: np.ndarray, pred_box: np.ndarray, gt_mask: np.ndarray, gt_box: np.ndarray) -> float:
+    p, g = mask_slices(pred_mask, pred_box), mask_slices(gt_mask, gt_box)
+    if p is None or g is None:
+        return 0.0
+    ok = np.ones(1, bool)
+    return float(dv_iou_matrix(pred_box[None], p[None], ok, gt_box[None], g[None], ok)[0, 0])
+
+
+@torch.inference_mode()
+def character_masks(model: torch.nn.Module, batches: list, char_labels: list[int]) -> tuple[list[float], list[float]]:
+    """Area ratios (predicted / ground truth) and DV IoUs of the ground-truth characters' best detections."""
+    ratios, dvs = [], []
+    for images, targets in batches:
+        for out, target in zip(model(images), targets, strict=True):
+            for gt_box, label, gt_mask in zip(target["boxes"], target["labels"], target["masks"], strict=True):
+                if int(label) not in char_labels:
+                    continue
+                same = (out["labels"] == label).nonzero()[:, 0]
+                if len(same) == 0:
+                    continue
+                ious = box_iou(gt_box[None], out["boxes"][same])[0]
+                if ious.max() < 0.5:
+                    continue
+                best = int(same[ious.argmax()])
+                pred = (out["masks"][best, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
+                gt = gt_mask.numpy().astype(np.uint8)
+                ratios.append(pred.sum() / max(1, gt.sum()))
+                dvs.append(dv_iou_one(pred, out["boxes"][best].double().numpy(), gt, gt_box.double().numpy()))
+    return ratios, dvs
 
 
 def main() -> None:
@@ -58,6 +98,13 @@ def main() -> None:
         transform.exact_paste = exact
         report, _ = evaluate_module(loaded.module, batches, loaded.classes)
         print(f"{name:<14}" + "".join(f"{report[k]:>13.3f}" if report[k] is not None else f"{'-':>13}" for k in KEYS))
+    chars = character_labels(loaded.classes)
+    print("\ncharacters, each one's best detection of its class (box IoU >= 0.5):")
+    for name, exact in PASTES.items():
+        transform.exact_paste = exact
+        ratios, dvs = character_masks(loaded.model, batches, chars)
+        print(f"  {name:<14} {len(ratios)} matched: mask area / ground truth's median {np.median(ratios):.3f}, "
+              f"DV IoU median {np.median(dvs):.3f}, share >= 0.5 {np.mean(np.array(dvs) >= 0.5):.3f}")  # fmt: skip
 
     times: dict[str, list[float]] = {name: [] for name in PASTES}
     for repeat in range(args.repeats + 1):
