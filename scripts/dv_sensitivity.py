@@ -30,7 +30,7 @@ from torchvision.ops import roi_align
 from lpr.data.coco import decode_segmentation
 from lpr.data.validate import load_coco_json
 from lpr.metrics.detection import MASK_THRESHOLD
-from lpr.metrics.dv import dv_iou_matrix, mask_slices
+from lpr.metrics.dv import mask_dv_iou
 from lpr.models.paste import paste_masks
 
 KERNEL = np.ones((3, 3), np.uint8)
@@ -72,11 +72,7 @@ def dv_iou_of_masks(pred: np.ndarray, gt: np.ndarray, gt_box: np.ndarray) -> flo
     if len(xs) == 0:
         return 0.0
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
-    p, g = mask_slices(pred, box), mask_slices(gt, gt_box)
-    if p is None or g is None:
-        return 0.0
-    ok = np.ones(1, bool)
-    return float(dv_iou_matrix(box[None], p[None], ok, gt_box[None], g[None], ok)[0, 0])
+    return mask_dv_iou(pred, box, gt, gt_box)
 
 
 def main() -> None:

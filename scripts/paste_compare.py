@@ -30,7 +30,7 @@ from torchvision.ops import box_iou
 from lpr.checkpoint import load
 from lpr.evaluate import evaluate_module, validation_data
 from lpr.metrics.detection import MASK_THRESHOLD
-from lpr.metrics.dv import dv_iou_matrix, mask_slices
+from lpr.metrics.dv import mask_dv_iou
 from lpr.plates import character_labels
 
 PASTES = {"exact (lpr)": True, "torchvision": False}
@@ -43,14 +43,6 @@ def seconds_per_image(model: torch.nn.Module, batches: list) -> float:
     for images, _ in batches:
         model(images)
     return (time.perf_counter() - start) / sum(len(images) for images, _ in batches)
-
-
-def dv_iou_one(pred_mask: np.ndarray, pred_box: np.ndarray, gt_mask: np.ndarray, gt_box: np.ndarray) -> float:
-    p, g = mask_slices(pred_mask, pred_box), mask_slices(gt_mask, gt_box)
-    if p is None or g is None:
-        return 0.0
-    ok = np.ones(1, bool)
-    return float(dv_iou_matrix(pred_box[None], p[None], ok, gt_box[None], g[None], ok)[0, 0])
 
 
 @torch.inference_mode()
@@ -72,7 +64,7 @@ def character_masks(model: torch.nn.Module, batches: list, char_labels: list[int
                 pred = (out["masks"][best, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
                 gt = gt_mask.numpy().astype(np.uint8)
                 ratios.append(pred.sum() / max(1, gt.sum()))
-                dvs.append(dv_iou_one(pred, out["boxes"][best].double().numpy(), gt, gt_box.double().numpy()))
+                dvs.append(mask_dv_iou(pred, out["boxes"][best].double().numpy(), gt, gt_box.double().numpy()))
     return ratios, dvs
 
 

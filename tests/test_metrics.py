@@ -16,7 +16,7 @@ from lpr.data.synth import PLATE_CLASSES
 from lpr.evaluate import evaluate_results
 from lpr.metrics.coco import STAT_NAMES, coco_evaluate, quiet
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
-from lpr.metrics.dv import boundary_polygon, dv_iou, dv_iou_matrix, mask_slices, slice_boxes
+from lpr.metrics.dv import boundary_polygon, dv_iou, dv_iou_matrix, mask_dv_iou, mask_slices, slice_boxes
 
 COCO_DIR = SHARED_TESTDATA / "coco"
 needs_coco = pytest.mark.skipif(
@@ -221,3 +221,16 @@ def test_an_image_seen_twice_counts_once(val_set):
     twice.update(preds, targets)
     twice.update(preds[:2], targets[:2])
     assert once.compute()["mAP"] == twice.compute()["mAP"] < 1.0
+
+
+def test_mask_dv_iou_is_dv_iou_of_the_masks_boundary_polygons():
+    gt = np.zeros((40, 50), np.uint8)
+    gt[5:30, 10:22] = 1
+    pred = np.zeros_like(gt)
+    pred[6:31, 11:22] = 1
+    gt_box, pred_box = np.array([10.0, 5.0, 22.0, 30.0]), np.array([11.0, 6.0, 22.0, 31.0])
+    expected = dv_iou(pred_box, boundary_polygon(pred), gt_box, boundary_polygon(gt))
+    assert 0 < expected < 1
+    assert mask_dv_iou(pred, pred_box, gt, gt_box) == pytest.approx(expected)
+    assert mask_dv_iou(gt, gt_box, gt, gt_box) == pytest.approx(1.0)
+    assert mask_dv_iou(np.zeros_like(gt), pred_box, gt, gt_box) == 0.0

@@ -115,6 +115,16 @@ def dv_iou_matrix(
     return np.where(pred_ok[:, None] & gt_ok[None, :], dv, 0.0)
 
 
+def mask_dv_iou(pred_mask: np.ndarray, pred_box: np.ndarray, gt_mask: np.ndarray, gt_box: np.ndarray) -> float:
+    """DV IoU of one pair given image-sized binary masks and their xyxy boxes (default ``k`` and ``min_points``)."""
+    p, g = mask_slices(pred_mask, pred_box), mask_slices(gt_mask, gt_box)
+    if p is None or g is None:
+        return 0.0
+    ok = np.ones(1, bool)
+    pb, gb = np.asarray(pred_box, np.float64)[None], np.asarray(gt_box, np.float64)[None]
+    return float(dv_iou_matrix(pb, p[None], ok, gb, g[None], ok)[0, 0])
+
+
 def dv_iou(pred_box, pred_points, gt_box, gt_points, *, k: int = 3, min_points: int = 10) -> float:
     """DV IoU of one pair given boxes and boundary polygons (``(n, 2)`` points)."""
     ps, gs = slice_boxes(np.asarray(pred_points), k, min_points), slice_boxes(np.asarray(gt_points), k, min_points)
