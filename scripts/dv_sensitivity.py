@@ -10,7 +10,8 @@ mask head could do: the mask as training sees it (resized by the model's
 ``--scale``, projected on its box to an ``M x M`` target as torchvision's
 ``project_masks_on_boxes`` does) pasted back at the original size, once with
 torchvision's ``paste_masks_in_image`` and once with lpr's exact inverse of the
-projection (:func:`lpr.models.paste.paste_masks`). Prints, per kind of object,
+projection (:func:`lpr.models.paste.paste_masks`); the mask resized as
+torchvision's transform resizes it (nearest) or bilinearly, as the image. Prints, per kind of object,
 the share of pairs that still reach DV IoU 0.5 and the median DV IoU.
 """
 
@@ -49,21 +50,29 @@ def perturbations(mask: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def mask_head_round_trips(mask: np.ndarray, box: np.ndarray, scale: float, sizes: list[int]) -> dict[str, np.ndarray]:
-    """The mask as a perfect mask head would give it back: resized, projected to M x M, pasted at the original size."""
+    """The mask as a perfect mask head would give it back: resized, projected to M x M, pasted at the original size.
+
+    The mask is resized with the image either as torchvision's transform does (nearest: whole source
+    pixels repeated once or twice at scale 1.5) or bilinearly as the image itself is (a soft mask,
+    ``model.net.soft_mask_targets``); the exact paste is the inverse of the latter.
+    """
     h, w = mask.shape
-    resized = F.interpolate(torch.from_numpy(mask).float()[None, None], scale_factor=scale, recompute_scale_factor=True)
-    sy, sx = resized.shape[-2] / h, resized.shape[-1] / w
-    box_t = torch.tensor(box, dtype=torch.float32)[None]
-    rois = torch.cat([torch.zeros(1, 1), box_t * torch.tensor([sx, sy, sx, sy])], dim=1)
     out = {}
-    for m in sizes:
-        target = roi_align(resized, rois, (m, m), 1.0)  # torchvision's project_masks_on_boxes
-        pastes = {
-            "torchvision": paste_masks_in_image(target, box_t, (h, w)),
-            "exact": paste_masks(target, box_t, (h, w), (sy, sx)),
-        }
-        for name, soft in pastes.items():
-            out[f"{m}x{m} mask, {name} paste"] = (soft[0, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
+    for mode in ("nearest", "bilinear"):
+        resized = F.interpolate(
+            torch.from_numpy(mask).float()[None, None], scale_factor=scale, mode=mode, recompute_scale_factor=True,
+            **({"align_corners": False} if mode == "bilinear" else {}),
+        )  # fmt: skip
+        sy, sx = resized.shape[-2] / h, resized.shape[-1] / w
+        box_t = torch.tensor(box, dtype=torch.float32)[None]
+        rois = torch.cat([torch.zeros(1, 1), box_t * torch.tensor([sx, sy, sx, sy])], dim=1)
+        for m in sizes:
+            target = roi_align(resized, rois, (m, m), 1.0)  # torchvision's project_masks_on_boxes
+            pastes = {"exact": paste_masks(target, box_t, (h, w), (sy, sx))}
+            if mode == "nearest":
+                pastes["torchvision"] = paste_masks_in_image(target, box_t, (h, w))
+            for name, soft in pastes.items():
+                out[f"{m}x{m} {mode}, {name} paste"] = (soft[0, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
     return out
 
 

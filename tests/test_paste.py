@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.ops import roi_align
 
 from lpr.models.char_reader import IMAGE_KEY
-from lpr.models.maskrcnn import PixelMaskHead, PixelMaskRoIPool, build_maskrcnn, mobilenet_v3_fpn
+from lpr.models.maskrcnn import (
+    DetectionTransform,
+    PixelMaskHead,
+    PixelMaskRoIPool,
+    build_maskrcnn,
+    mobilenet_v3_fpn,
+)
 from lpr.models.paste import paste_masks
 
 
@@ -79,7 +86,8 @@ def test_a_model_pastes_exactly_by_default_with_the_same_boxes_and_float32_masks
     assert masks.dtype == torch.float32
 
 
-def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learns_from_them():
+@pytest.mark.parametrize(("fusion", "soft"), [(None, False), ([8, 8], True)])
+def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learns_from_them(fusion, soft):
     g = torch.Generator().manual_seed(3)
     image = torch.rand(1, 3, 96, 128, generator=g)
     boxes = torch.tensor([[30.0, 20.0, 41.5, 50.0], [60.2, 10.0, 90.0, 33.3]])
@@ -93,15 +101,44 @@ def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learn
     torch.manual_seed(0)
     model = build_maskrcnn(
         num_classes=3, backbone=mobilenet_v3_fpn(out_channels=32), representation_size=32, mask_head_layers=[16],
-        mask_pixel_channels=[8, 8],
+        mask_pixel_channels=[8, 8], mask_fusion_channels=fusion, soft_mask_targets=soft,
     )  # fmt: skip
     assert isinstance(model.roi_heads.mask_head, PixelMaskHead)
+    predictor = model.roi_heads.mask_predictor
+    assert len(predictor.fusion) == 2 * len(fusion or [])
+    assert predictor.mask_fcn_logits.in_channels == (fusion[-1] if fusion else 16 + 8)
     masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
     masks[0, 20:50, 30:42] = 1
     target = {"boxes": torch.tensor([[30.0, 20.0, 42.0, 50.0]]), "labels": torch.tensor([2]), "masks": masks}
     losses = model.train()([image[0]], [target])
     losses["loss_mask"].backward()
     assert model.roi_heads.mask_head.pixels[0].weight.grad.abs().sum() > 0
+    for conv in predictor.fusion[::2]:
+        assert conv.weight.grad.abs().sum() > 0
     with torch.no_grad():
         out = model.eval()([image[0]])[0]
     assert out["masks"].shape == (len(out["boxes"]), 1, 96, 128)
+
+
+def test_mask_fusion_needs_the_pixel_features():
+    with pytest.raises(ValueError, match="set mask_pixel_channels too"):
+        build_maskrcnn(num_classes=3, backbone=mobilenet_v3_fpn(out_channels=16), mask_fusion_channels=[8])
+
+
+def test_soft_mask_targets_are_resized_as_the_image_is():
+    g = torch.Generator().manual_seed(5)
+    binary = (torch.rand(37, 53, generator=g) > 0.5).float()
+    image = binary.expand(3, -1, -1).clone()
+    target = {"boxes": torch.tensor([[3.0, 4.0, 20.0, 30.0]]), "labels": torch.tensor([1]), "masks": binary[None]}
+    transforms = {
+        soft: DetectionTransform(56, 80, [0.0] * 3, [1.0] * 3, size_divisible=1, soft_masks=soft).train()
+        for soft in (False, True)
+    }
+    (nearest, t_nearest), (bilinear, t_bilinear) = (transforms[s].resize(image, dict(target)) for s in (False, True))
+    torch.testing.assert_close(bilinear, nearest)  # the image and boxes do not change
+    torch.testing.assert_close(t_bilinear["boxes"], t_nearest["boxes"])
+    assert t_nearest["masks"].dtype == torch.uint8 and t_bilinear["masks"].dtype == torch.float32
+    torch.testing.assert_close(t_bilinear["masks"][0], bilinear[0])  # the mask is the image's own resampling
+    assert not torch.equal(t_nearest["masks"][0].float(), bilinear[0])
+    soft = t_bilinear["masks"]
+    assert soft.min() >= 0 and soft.max() <= 1 and ((soft > 0) & (soft < 1)).any()  # edges between 0 and 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import get_weight, mobilenet_v3_large, resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -243,6 +244,16 @@ class PixelMaskRoIPool(nn.Module):
         return self.pool(features, proposals, image_shapes), pixels
 
 
+def conv_relu_stack(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
+    """3x3 convs (padding 1) of ``widths``, each followed by ReLU, without a norm layer: on the mask
+    heads' 28x28 maps GroupNorm on channels-last bf16 tensors was 10x slower than the convs (CPU)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        in_channels = width
+    return nn.Sequential(*layers)
+
+
 class PixelMaskHead(nn.Module):
     """torchvision's mask head on the FPN features, side by side with small convs on the RoI's own pixels.
 
@@ -255,13 +266,8 @@ class PixelMaskHead(nn.Module):
     def __init__(self, in_channels: int, layers: Sequence[int], channels: Sequence[int] = (16, 16)) -> None:
         super().__init__()
         self.fpn = MaskRCNNHeads(in_channels, list(layers), dilation=1)
-        convs: list[nn.Module] = []
-        c_in = 3
-        for c in channels:  # no norm layer: the inputs are normalised pixels, and GroupNorm on channels-last
-            convs += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(inplace=True)]  # bf16 is 10x slower (CPU)
-            c_in = c
-        self.pixels = nn.Sequential(*convs)
-        self.out_channels = (list(layers)[-1], c_in)
+        self.pixels = conv_relu_stack(3, channels)
+        self.out_channels = (list(layers)[-1], list(channels)[-1])
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         features, pixels = x
@@ -271,21 +277,32 @@ class PixelMaskHead(nn.Module):
 class PixelMaskPredictor(nn.Module):
     """torchvision's mask predictor (2x transposed conv, ReLU, 1x1 conv to the classes) with the pixel
     features joining before the 1x1 conv: each class's mask logit is the upsampled FPN term plus a
-    term of the pixels at that cell."""
+    term of the pixels at that cell.
 
-    def __init__(self, in_channels: tuple[int, int], num_classes: int) -> None:
+    ``fusion`` (widths, e.g. ``(32, 32)``): the transposed conv narrows the FPN features to
+    ``fusion[0]`` channels, and 3x3 convs of these widths read them together with the pixel
+    features before the 1x1 conv, so that what a pixel means (a dark stroke on a light plate or
+    the reverse) can follow from the FPN's view of the RoI; empty: the sum above.
+    """
+
+    def __init__(self, in_channels: tuple[int, int], num_classes: int, fusion: Sequence[int] = ()) -> None:
         super().__init__()
         fpn, pixels = in_channels
-        self.conv5_mask = nn.ConvTranspose2d(fpn, fpn, 2, 2, 0)
-        self.mask_fcn_logits = nn.Conv2d(fpn + pixels, num_classes, 1)
-        for conv in (self.conv5_mask, self.mask_fcn_logits):  # torchvision's initialisation
+        fusion = [int(c) for c in fusion]
+        if any(c < 1 for c in fusion):
+            raise ValueError(f"mask_fusion_channels must be positive widths, got {fusion}")
+        upsampled = fusion[0] if fusion else fpn
+        self.conv5_mask = nn.ConvTranspose2d(fpn, upsampled, 2, 2, 0)
+        self.fusion = conv_relu_stack(upsampled + pixels, fusion)
+        self.mask_fcn_logits = nn.Conv2d(fusion[-1] if fusion else upsampled + pixels, num_classes, 1)
+        for conv in (self.conv5_mask, self.mask_fcn_logits, *self.fusion[::2]):  # torchvision's initialisation
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         features, pixels = x
         upsampled = torch.relu(self.conv5_mask(features))
-        return self.mask_fcn_logits(torch.cat([upsampled, pixels.to(upsampled.dtype)], 1))
+        return self.mask_fcn_logits(self.fusion(torch.cat([upsampled, pixels.to(upsampled.dtype)], 1)))
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -300,19 +317,40 @@ class DetectionTransform(GeneralizedRCNNTransform):
     ``exact_paste``: at inference, each mask goes into the image by :func:`lpr.models.paste.paste_masks`,
     the inverse of the training targets' projection; ``False``: torchvision's ``paste_masks_in_image``,
     whose whole-pixel boxes move a character's boundary by up to a pixel.
+
+    ``soft_masks``: in training, the ground-truth masks are resized bilinearly, as the image is, to
+    float masks in [0, 1]; ``False``: torchvision's nearest resize, which at scale 1.5 repeats every
+    other source pixel, so a 1-2 px stroke's target edge jitters by a third of a pixel against the
+    image the head reads.
     """
 
-    def __init__(self, *args, crop: Sequence[int] | None = None, exact_paste: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        crop: Sequence[int] | None = None,
+        exact_paste: bool = True,
+        soft_masks: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if crop is not None and (len(crop) != 2 or min(crop) < 32):
             raise ValueError(f"train_crop is (height, width), each >= 32 pixels, got {list(crop)}")
         self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
         self.exact_paste = exact_paste
+        self.soft_masks = soft_masks
 
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        masks = None
+        if self.soft_masks and target is not None and "masks" in target:
+            target = dict(target)
+            masks = target.pop("masks")
         image, target = super().resize(image, target)
+        if masks is not None:
+            size = tuple(image.shape[-2:])  # the image's own size: the same scale as its resize
+            soft = F.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)
+            target["masks"] = soft[:, 0]
         if self.crop is None or not self.training or target is None:
             return image, target
         (y, x), (h, w) = self._window(image.shape[-2:], target["boxes"])
@@ -381,9 +419,11 @@ def build_maskrcnn(
     char_reader: dict | None = None,
     char_labels: Sequence[int] | None = None,
     mask_pixel_channels: Sequence[int] | None = None,
+    mask_fusion_channels: Sequence[int] | None = None,
     train_crop: Sequence[int] | None = None,
     sparse_roi_align: bool = True,
     exact_paste: bool = True,
+    soft_mask_targets: bool = False,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -427,6 +467,9 @@ def build_maskrcnn(
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
         mask_pixel_channels: widths of 3x3 convs on each RoI's own pixels whose features join the
             mask logits (:class:`PixelMaskHead`); ``None``: torchvision's mask head alone.
+        mask_fusion_channels: with ``mask_pixel_channels``, widths of 3x3 convs that read the
+            upsampled FPN features and the pixel features together before the mask logits
+            (:class:`PixelMaskPredictor`); ``None``: the two terms are summed by the logits' 1x1 conv.
         train_crop: ``(height, width)``: train on random windows of the resized images that hold
             their objects (:class:`DetectionTransform`); ``None``: on the whole images.
         sparse_roi_align: the RoI heads pool their features with
@@ -434,6 +477,8 @@ def build_maskrcnn(
             backward pass 8x faster); ``False``: with torchvision's ``MultiScaleRoIAlign``.
         exact_paste: paste the masks into the image as the exact inverse of their training targets
             (:func:`lpr.models.paste.paste_masks`); ``False``: torchvision's ``paste_masks_in_image``.
+        soft_mask_targets: resize the ground-truth masks bilinearly with the image (float masks in
+            [0, 1], :class:`DetectionTransform`); ``False``: torchvision's nearest resize.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -498,11 +543,15 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes),
     )
     model.roi_heads.box_roi_pool = box_roi_pool
+    if mask_fusion_channels is not None and mask_pixel_channels is None:
+        raise ValueError("mask_fusion_channels joins the pixel features to the FPN's: set mask_pixel_channels too")
     if mask_pixel_channels is not None:  # torchvision accepts only a MultiScaleRoIAlign as the mask pool
         mask_head = PixelMaskHead(channels, mask_head_layers, mask_pixel_channels)
         model.roi_heads.mask_roi_pool = PixelMaskRoIPool(featmap_names, pool=pool)
         model.roi_heads.mask_head = mask_head
-        model.roi_heads.mask_predictor = PixelMaskPredictor(mask_head.out_channels, num_classes)
+        model.roi_heads.mask_predictor = PixelMaskPredictor(
+            mask_head.out_channels, num_classes, mask_fusion_channels or ()
+        )
     t = model.transform
     model.transform = DetectionTransform(
         t.min_size,
@@ -512,6 +561,7 @@ def build_maskrcnn(
         size_divisible=t.size_divisible,
         crop=train_crop,
         exact_paste=exact_paste,
+        soft_masks=soft_mask_targets,
     )
     if char_reader is not None:  # CharReader refuses empty char_labels
         char_reader = dict(char_reader)
