@@ -57,6 +57,7 @@ def mask_head_round_trips(mask: np.ndarray, box: np.ndarray, scale: float, sizes
     ``model.net.soft_mask_targets``); the exact paste is the inverse of the latter.
     """
     h, w = mask.shape
+    box_t = torch.tensor(box, dtype=torch.float32)[None]
     out = {}
     for mode in ("nearest", "bilinear"):
         resized = F.interpolate(
@@ -64,7 +65,6 @@ def mask_head_round_trips(mask: np.ndarray, box: np.ndarray, scale: float, sizes
             **({"align_corners": False} if mode == "bilinear" else {}),
         )  # fmt: skip
         sy, sx = resized.shape[-2] / h, resized.shape[-1] / w
-        box_t = torch.tensor(box, dtype=torch.float32)[None]
         rois = torch.cat([torch.zeros(1, 1), box_t * torch.tensor([sx, sy, sx, sy])], dim=1)
         for m in sizes:
             target = roi_align(resized, rois, (m, m), 1.0)  # torchvision's project_masks_on_boxes
