@@ -27,6 +27,7 @@ from lpr.checkpoint import CheckpointError, LoadedCheckpoint, load
 from lpr.config_check import clear_errors
 from lpr.data.coco import decode_segmentation
 from lpr.data.validate import DataValidationError
+from lpr.hardware import enlarge_onednn_cache
 from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
 from lpr.models.module import VAL_KEYS, MaskRCNNModule
@@ -310,6 +311,7 @@ def write_pr_curves(details: dict, classes: list[str], out_dir: Path | None, log
 
 def run(cfg: DictConfig) -> dict:
     """The evaluation task behind the Hydra shell; returns the report."""
+    enlarge_onednn_cache()
     metrics = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else None
     if cfg.get("predictions"):
         if not cfg.get("gt"):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lpr.checkpoint import CheckpointError
 from lpr.config_check import clear_errors
 from lpr.draw import draw_result
+from lpr.hardware import enlarge_onednn_cache
 from lpr.reader import PlateReader, UnreadableImageError, load_image
 
 log = logging.getLogger("lpr.predict")
@@ -115,6 +116,7 @@ def predict(
 
 def run(cfg: DictConfig) -> int:
     """The predict task behind the Hydra shell; returns the process exit code."""
+    enlarge_onednn_cache()
     reader = PlateReader.from_checkpoint(
         cfg.ckpt_path, device=cfg.device, score_thr=cfg.get("score_thr"), max_side=cfg.max_side
     )

@@ -22,7 +22,7 @@ from lpr.callbacks.consistency import ConsistencyError
 from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from lpr.config_check import ConfigError, clear_errors, validate_train_config
 from lpr.data.validate import DataValidationError
-from lpr.hardware import cpu_precision
+from lpr.hardware import cpu_precision, enlarge_onednn_cache
 from lpr.models.module import MaskRCNNModule
 from lpr.models.transfer import transfer_weights
 from lpr.sweep import best_values, optimization_direction, write_job_summary
@@ -101,6 +101,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``{"cfg", "datamodule", "model", "trainer", "callbacks"}``.
     """
     validate_train_config(cfg)
+    enlarge_onednn_cache()
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)

@@ -22,6 +22,7 @@ import torch
 
 from lpr.data.coco import read_image_rgb
 from lpr.data.synth import generate
+from lpr.hardware import enlarge_onednn_cache
 from lpr.predict import predict
 from lpr.reader import PlateReader
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args()
+    enlarge_onednn_cache()  # as lpr.predict does
     torch.set_num_threads(args.threads)
     reader = PlateReader.from_checkpoint(args.ckpt)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,12 +11,14 @@ from omegaconf import DictConfig
 
 import lpr.train  # noqa: F401  (registers the config resolvers)
 from lpr.data import CocoDataModule
+from lpr.hardware import enlarge_onednn_cache
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def plate_config(overrides: list[str]) -> DictConfig:
-    """The plate recipe's composed config with ``overrides``."""
+    """The plate recipe's composed config with ``overrides``; oneDNN's cache enlarged as ``lpr.train`` does."""
+    enlarge_onednn_cache()
     with initialize_config_dir(CONF, version_base="1.3"):
         return compose("train", overrides=["+experiment=plate", "paths.output_dir=unused", *overrides])
 
