@@ -15,7 +15,7 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # oneDNN keeps the 1024 convolution primitives (compiled kernels) it built last and builds any
 # other again. A Mask R-CNN step meets far more: every training-window size and every count of
 # positive RoIs is a new shape for each convolution, forward and both backwards. With 1024 the
-# plate recipe rebuilt about 40 primitives a step, every step (docs/recipe.md, machine F).
+# plate recipe rebuilt 40-55 primitives a step, every step (docs/recipe.md, machine F).
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_CAPACITY = 16384
 
