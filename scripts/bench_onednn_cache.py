@@ -6,7 +6,8 @@
 oneDNN reads ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` once per process, so each
 capacity trains in a process of its own; the processes alternate. Each trains
 the recipe from ``CKPT``'s weights on the same ``--steps`` batches of the cached
-synthetic set three times: a first pass builds the primitives, the second is
+synthetic set three times (the model as ``CKPT``'s own config builds it, the
+data, precision and optimizer the recipe's): a first pass builds the primitives, the second is
 timed, and during the third oneDNN reports every primitive it builds anew
 (``create:cache_miss``) or finds in its cache. The windows and the number of
 positive RoIs vary from batch to batch, so each step meets convolutions of new
@@ -33,16 +34,14 @@ def child(args: argparse.Namespace) -> None:
     from hydra.utils import instantiate
     from plate_setup import plate_config_and_data, train_autocast
 
+    from lpr.checkpoint import load
+
     torch.set_num_threads(args.threads)
     cfg, datamodule = plate_config_and_data([])
     torch.manual_seed(0)  # the same windows in every process
     loader = iter(datamodule.train_dataloader())
     batches = [next(loader) for _ in range(args.steps)]
-    model = instantiate(cfg.model, classes=datamodule.classes, _recursive_=False).model.train()
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    own = model.state_dict()
-    state = {k[len("model.") :]: v for k, v in ckpt.items() if k.startswith("model.")}
-    model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    model = load(args.ckpt).model.train()
     optimizer = instantiate(cfg.model.optimizer, params=model.parameters(), _convert_="all")
 
     def train_pass() -> float:
