@@ -10,9 +10,12 @@ what the paste costs. The validation split is the checkpoint's own (or the one
 under ``--data-root``). For the characters, each ground-truth character's
 detection of its class with the highest box IoU (at least 0.5) gives the
 median ratio of its binary mask's area to the ground truth's, its median DV
-IoU and the share with DV IoU >= 0.5: whether masks come out too thick or
-too thin. Then the model's forward on those images, in eval mode, is timed
-with each paste, alternating, ``--repeats`` times after one warm-up pass: the
+IoU, the share with DV IoU >= 0.5 and the mean offset of its binary mask's
+centroid from the ground truth's (x, y, in pixels): whether masks come out too
+thick, too thin or moved (a model trained on torchvision's nearest-resized
+targets at scale 1.5 puts its masks a sixth of a pixel right and down). Then
+the model's forward on those images, in eval mode, is timed with each paste,
+alternating, ``--repeats`` times after one warm-up pass (0: no timing): the
 median seconds per image of each.
 """
 
@@ -46,9 +49,12 @@ def seconds_per_image(model: torch.nn.Module, batches: list) -> float:
 
 
 @torch.inference_mode()
-def character_masks(model: torch.nn.Module, batches: list, char_labels: list[int]) -> tuple[list[float], list[float]]:
-    """Area ratios (predicted / ground truth) and DV IoUs of the ground-truth characters' best detections."""
-    ratios, dvs = [], []
+def character_masks(
+    model: torch.nn.Module, batches: list, char_labels: list[int]
+) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """Area ratios (predicted / ground truth), DV IoUs and centroid offsets ``(dx, dy)`` of the
+    ground-truth characters' best detections."""
+    ratios, dvs, offsets = [], [], []
     for images, targets in batches:
         for out, target in zip(model(images), targets, strict=True):
             for gt_box, label, gt_mask in zip(target["boxes"], target["labels"], target["masks"], strict=True):
@@ -65,7 +71,15 @@ def character_masks(model: torch.nn.Module, batches: list, char_labels: list[int
                 gt = gt_mask.numpy().astype(np.uint8)
                 ratios.append(pred.sum() / max(1, gt.sum()))
                 dvs.append(mask_dv_iou(pred, out["boxes"][best].double().numpy(), gt, gt_box.double().numpy()))
-    return ratios, dvs
+                if pred.any() and gt.any():
+                    offsets.append(centroid(pred) - centroid(gt))
+    return ratios, dvs, offsets
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """``(x, y)`` mean pixel position of a binary mask."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
 
 
 def main() -> None:
@@ -73,7 +87,7 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timing passes; 0: no timing")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -94,10 +108,14 @@ def main() -> None:
     print("\ncharacters, each one's best detection of its class (box IoU >= 0.5):")
     for name, exact in PASTES.items():
         transform.exact_paste = exact
-        ratios, dvs = character_masks(loaded.model, batches, chars)
+        ratios, dvs, offsets = character_masks(loaded.model, batches, chars)
+        dx, dy = np.mean(offsets, axis=0)
         print(f"  {name:<14} {len(ratios)} matched: mask area / ground truth's median {np.median(ratios):.3f}, "
-              f"DV IoU median {np.median(dvs):.3f}, share >= 0.5 {np.mean(np.array(dvs) >= 0.5):.3f}")  # fmt: skip
+              f"DV IoU median {np.median(dvs):.3f}, share >= 0.5 {np.mean(np.array(dvs) >= 0.5):.3f}, "
+              f"centroid offset mean ({dx:+.3f}, {dy:+.3f}) px")  # fmt: skip
 
+    if args.repeats < 1:  # --repeats 0: the metrics only
+        return
     times: dict[str, list[float]] = {name: [] for name in PASTES}
     for repeat in range(args.repeats + 1):
         for name, exact in PASTES.items():

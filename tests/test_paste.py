@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,10 @@ from lpr.models.paste import paste_masks
 
 
 def training_target(mask: torch.Tensor, box: torch.Tensor, scale: float, m: int = 28) -> tuple[torch.Tensor, tuple]:
-    """``mask`` as Mask R-CNN's loss sees it: resized with the image (torchvision's transform), projected on ``box``."""
-    resized = F.interpolate(mask[None, None].float(), scale_factor=scale, recompute_scale_factor=True)
+    """``mask`` as Mask R-CNN's loss sees it: resized with the image (lpr's soft targets), projected on ``box``."""
+    resized = F.interpolate(
+        mask[None, None].float(), scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )
     sy, sx = resized.shape[-2] / mask.shape[0], resized.shape[-1] / mask.shape[1]
     rois = torch.cat([torch.zeros(len(box), 1), box * torch.tensor([sx, sy, sx, sy])], dim=1)
     return roi_align(resized, rois, (m, m), 1.0), (sy, sx)  # torchvision's project_masks_on_boxes
@@ -142,3 +146,28 @@ def test_soft_mask_targets_are_resized_as_the_image_is():
     assert not torch.equal(t_nearest["masks"][0].float(), bilinear[0])
     soft = t_bilinear["masks"]
     assert soft.min() >= 0 and soft.max() <= 1 and ((soft > 0) & (soft < 1)).any()  # edges between 0 and 1
+
+
+def test_soft_mask_targets_stay_where_the_image_has_them_and_torchvision_s_move_a_sixth_of_a_pixel():
+    # one source pixel at a time, at both parities of each axis, through a 1.5x resize (40x60 -> 60x90)
+    transforms = {
+        soft: DetectionTransform(60, 90, [0.0] * 3, [1.0] * 3, size_divisible=1, soft_masks=soft).train()
+        for soft in (False, True)
+    }
+    offsets = {False: [], True: []}
+    for y, x in itertools.product(range(10, 14), range(20, 24)):
+        mask = torch.zeros(1, 40, 60, dtype=torch.uint8)
+        mask[0, y, x] = 1
+        target = {"boxes": torch.tensor([[x, y, x + 1.0, y + 1.0]]), "labels": torch.tensor([1]), "masks": mask}
+        for soft, transform in transforms.items():
+            resized = transform.resize(mask.float().expand(3, -1, -1), dict(target))[1]["masks"][0].float()
+            assert resized.shape == (60, 90)
+            ys, xs = torch.meshgrid(torch.arange(60.0), torch.arange(90.0), indexing="ij")
+            at = torch.stack([(resized * xs).sum(), (resized * ys).sum()]) / resized.sum()
+            # source pixel j's centre j + 0.5 is resized pixel coordinate 1.5 (j + 0.5), index 1.5 (j + 0.5) - 0.5
+            offsets[soft].append(at - 1.5 * (torch.tensor([x, y]) + 0.5) + 0.5)
+    soft, nearest = torch.stack(offsets[True]), torch.stack(offsets[False])
+    assert soft.abs().max() < 0.03  # bilinear weights: +-1/36 by parity, none on average
+    torch.testing.assert_close(soft.mean(0), torch.zeros(2), atol=1e-4, rtol=0)
+    # torchvision's nearest: every pixel a quarter of a resized pixel (a sixth of a source pixel) right and down
+    torch.testing.assert_close(nearest, torch.full_like(nearest, 0.25), atol=1e-4, rtol=0)

@@ -318,10 +318,13 @@ class DetectionTransform(GeneralizedRCNNTransform):
     the inverse of the training targets' projection; ``False``: torchvision's ``paste_masks_in_image``,
     whose whole-pixel boxes move a character's boundary by up to a pixel.
 
-    ``soft_masks``: in training, the ground-truth masks are resized bilinearly, as the image is, to
-    float masks in [0, 1]; ``False``: torchvision's nearest resize, which at scale 1.5 repeats every
-    other source pixel, so a 1-2 px stroke's target edge jitters by a third of a pixel against the
-    image the head reads.
+    ``soft_masks`` (the default): in training, the ground-truth masks are resized bilinearly, as the
+    image is, to float masks in [0, 1], so a target edge stays where the resized image has it.
+    ``False``: torchvision's nearest resize, which gives resized pixel ``i`` source pixel
+    ``floor(i / s)``: at ``s = 1.5`` that moves every target a sixth of a source pixel right and
+    down, and a model trained on it learns its masks moved so (``scripts/paste_compare.py`` prints
+    the offset). A binary resize cannot avoid it at 1.5: every third resized pixel centre lies on a
+    source pixel edge, and ``nearest-exact`` breaks those ties the other way.
     """
 
     def __init__(
@@ -329,7 +332,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
         *args,
         crop: Sequence[int] | None = None,
         exact_paste: bool = True,
-        soft_masks: bool = False,
+        soft_masks: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -423,7 +426,7 @@ def build_maskrcnn(
     train_crop: Sequence[int] | None = None,
     sparse_roi_align: bool = True,
     exact_paste: bool = True,
-    soft_mask_targets: bool = False,
+    soft_mask_targets: bool = True,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -478,7 +481,8 @@ def build_maskrcnn(
         exact_paste: paste the masks into the image as the exact inverse of their training targets
             (:func:`lpr.models.paste.paste_masks`); ``False``: torchvision's ``paste_masks_in_image``.
         soft_mask_targets: resize the ground-truth masks bilinearly with the image (float masks in
-            [0, 1], :class:`DetectionTransform`); ``False``: torchvision's nearest resize.
+            [0, 1], :class:`DetectionTransform`); ``False``: torchvision's nearest resize, which
+            moves them a sixth of a pixel at scale 1.5.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
