@@ -48,17 +48,9 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes, roi_align
 
+from lpr.models.mask_loss import BoundaryMaskRoIHeads
+
 IMAGE_KEY = "image"  # the map holding the (normalised, resized) input images, see BackboneWithImage
-
-
-def sampling_settings(module: nn.Module) -> dict:
-    """The matcher and sampler settings of a built torchvision RPN or RoI heads, as constructor arguments."""
-    return {
-        "fg_iou_thresh": module.proposal_matcher.high_threshold,
-        "bg_iou_thresh": module.proposal_matcher.low_threshold,
-        "batch_size_per_image": module.fg_bg_sampler.batch_size_per_image,
-        "positive_fraction": module.fg_bg_sampler.positive_fraction,
-    }
 
 
 def pixel_cnn(channels: Sequence[int], norm_layer: Callable[[int], nn.Module]) -> nn.Sequential:
@@ -187,7 +179,7 @@ class CharReader(nn.Module):
         return self.char_labels[probs[:, :n].argmax(1)], probs[:, :n].sum(1)
 
 
-class ReadingRoIHeads(RoIHeads):
+class ReadingRoIHeads(BoundaryMaskRoIHeads):
     """torchvision's ``RoIHeads`` with a :class:`CharReader` naming the characters it finds.
 
     Needs the input images among the features (``"image"``, as
@@ -224,22 +216,9 @@ class ReadingRoIHeads(RoIHeads):
     @classmethod
     def around(cls, heads: RoIHeads, reader: CharReader, **options) -> ReadingRoIHeads:
         """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``
-        and ``options`` (``agnostic``, ``char_nms_thresh``, ``char_cover_thresh``, ``score_weight``)."""
-        return cls(
-            heads.box_roi_pool,
-            heads.box_head,
-            heads.box_predictor,
-            **sampling_settings(heads),
-            bbox_reg_weights=heads.box_coder.weights,
-            score_thresh=heads.score_thresh,
-            nms_thresh=heads.nms_thresh,
-            detections_per_img=heads.detections_per_img,
-            mask_roi_pool=heads.mask_roi_pool,
-            mask_head=heads.mask_head,
-            mask_predictor=heads.mask_predictor,
-            reader=reader,
-            **options,
-        )
+        and ``options`` (``agnostic``, ``char_nms_thresh``, ``char_cover_thresh``, ``score_weight``,
+        ``mask_boundary_weight``)."""
+        return super().around(heads, reader=reader, **options)
 
     def _detector_target(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``target`` as the box and mask heads learn it: with ``agnostic``, every character as the first one."""

@@ -20,7 +20,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads, pixel_cnn, sampling_settings, square_boxes
+from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads, pixel_cnn, square_boxes
+from lpr.models.mask_loss import BoundaryMaskRoIHeads, sampling_settings
 from lpr.models.paste import paste_masks
 from lpr.models.roi_align import SparseMultiScaleRoIAlign
 
@@ -427,6 +428,7 @@ def build_maskrcnn(
     sparse_roi_align: bool = True,
     exact_paste: bool = True,
     soft_mask_targets: bool = True,
+    mask_boundary_weight: float = 1.0,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -483,6 +485,8 @@ def build_maskrcnn(
         soft_mask_targets: resize the ground-truth masks bilinearly with the image (float masks in
             [0, 1], :class:`DetectionTransform`); ``False``: torchvision's nearest resize, which
             moves them a sixth of a pixel at scale 1.5.
+        mask_boundary_weight: the mask loss counts the cells within one cell of a target's
+            boundary this many times (:mod:`lpr.models.mask_loss`); 1: torchvision's loss.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -575,7 +579,11 @@ def build_maskrcnn(
             if k in char_reader
         }
         reader = CharReader(char_labels or [], background=bool(options.get("score_weight")), **char_reader)
-        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, **options)
+        model.roi_heads = ReadingRoIHeads.around(
+            model.roi_heads, reader, mask_boundary_weight=mask_boundary_weight, **options
+        )
+    elif mask_boundary_weight != 1.0:
+        model.roi_heads = BoundaryMaskRoIHeads.around(model.roi_heads, mask_boundary_weight=mask_boundary_weight)
     # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
     if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
         rpn = model.rpn
