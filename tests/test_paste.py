@@ -154,6 +154,7 @@ def test_soft_mask_targets_stay_where_the_image_has_them_and_torchvision_s_move_
         soft: DetectionTransform(60, 90, [0.0] * 3, [1.0] * 3, size_divisible=1, soft_masks=soft).train()
         for soft in (False, True)
     }
+    ys, xs = torch.meshgrid(torch.arange(60.0), torch.arange(90.0), indexing="ij")  # resized pixel indices
     offsets = {False: [], True: []}
     for y, x in itertools.product(range(10, 14), range(20, 24)):
         mask = torch.zeros(1, 40, 60, dtype=torch.uint8)
@@ -162,7 +163,6 @@ def test_soft_mask_targets_stay_where_the_image_has_them_and_torchvision_s_move_
         for soft, transform in transforms.items():
             resized = transform.resize(mask.float().expand(3, -1, -1), dict(target))[1]["masks"][0].float()
             assert resized.shape == (60, 90)
-            ys, xs = torch.meshgrid(torch.arange(60.0), torch.arange(90.0), indexing="ij")
             at = torch.stack([(resized * xs).sum(), (resized * ys).sum()]) / resized.sum()
             # source pixel j's centre j + 0.5 is resized pixel coordinate 1.5 (j + 0.5), index 1.5 (j + 0.5) - 0.5
             offsets[soft].append(at - 1.5 * (torch.tensor([x, y]) + 0.5) + 0.5)
