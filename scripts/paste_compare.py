@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -49,16 +50,16 @@ def seconds_per_image(model: torch.nn.Module, batches: list) -> float:
 
 
 @torch.inference_mode()
-def character_masks(
-    model: torch.nn.Module, batches: list, char_labels: list[int]
-) -> tuple[list[float], list[float], list[np.ndarray]]:
-    """Area ratios (predicted / ground truth), DV IoUs and centroid offsets ``(dx, dy)`` of the
-    ground-truth characters' best detections."""
-    ratios, dvs, offsets = [], [], []
+def best_detections(
+    model: torch.nn.Module, batches: list, labels: list[int] | None = None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each ground-truth instance (of ``labels``; None: all) with its detection of the same class of
+    the highest box IoU, if that is at least 0.5: ``(label, predicted binary mask, predicted box,
+    ground-truth mask, ground-truth box)``, masks ``uint8`` image-sized, boxes float64 xyxy."""
     for images, targets in batches:
         for out, target in zip(model(images), targets, strict=True):
             for gt_box, label, gt_mask in zip(target["boxes"], target["labels"], target["masks"], strict=True):
-                if int(label) not in char_labels:
+                if labels is not None and int(label) not in labels:
                     continue
                 same = (out["labels"] == label).nonzero()[:, 0]
                 if len(same) == 0:
@@ -68,11 +69,26 @@ def character_masks(
                     continue
                 best = int(same[ious.argmax()])
                 pred = (out["masks"][best, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
-                gt = gt_mask.numpy().astype(np.uint8)
-                ratios.append(pred.sum() / max(1, gt.sum()))
-                dvs.append(mask_dv_iou(pred, out["boxes"][best].double().numpy(), gt, gt_box.double().numpy()))
-                if pred.any() and gt.any():
-                    offsets.append(centroid(pred) - centroid(gt))
+                yield (
+                    int(label),
+                    pred,
+                    out["boxes"][best].double().numpy(),
+                    gt_mask.numpy().astype(np.uint8),
+                    gt_box.double().numpy(),
+                )
+
+
+def character_masks(
+    model: torch.nn.Module, batches: list, char_labels: list[int]
+) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """Area ratios (predicted / ground truth), DV IoUs and centroid offsets ``(dx, dy)`` of the
+    ground-truth characters' best detections."""
+    ratios, dvs, offsets = [], [], []
+    for _, pred, pred_box, gt, gt_box in best_detections(model, batches, char_labels):
+        ratios.append(pred.sum() / max(1, gt.sum()))
+        dvs.append(mask_dv_iou(pred, pred_box, gt, gt_box))
+        if pred.any() and gt.any():
+            offsets.append(centroid(pred) - centroid(gt))
     return ratios, dvs, offsets
 
 

@@ -48,7 +48,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes, roi_align
 
-from lpr.models.mask_loss import BoundaryMaskRoIHeads
+from lpr.models.roi_heads import BoundaryMaskRoIHeads
 
 IMAGE_KEY = "image"  # the map holding the (normalised, resized) input images, see BackboneWithImage
 

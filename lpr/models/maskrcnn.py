@@ -21,9 +21,9 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads, pixel_cnn, square_boxes
-from lpr.models.mask_loss import BoundaryMaskRoIHeads, sampling_settings
 from lpr.models.paste import paste_masks
 from lpr.models.roi_align import SparseMultiScaleRoIAlign
+from lpr.models.roi_heads import BoundaryMaskRoIHeads, sampling_settings
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -486,7 +486,7 @@ def build_maskrcnn(
             [0, 1], :class:`DetectionTransform`); ``False``: torchvision's nearest resize, which
             moves them a sixth of a pixel at scale 1.5.
         mask_boundary_weight: the mask loss counts the cells within one cell of a target's
-            boundary this many times (:mod:`lpr.models.mask_loss`); 1: torchvision's loss.
+            boundary this many times (:mod:`lpr.models.roi_heads`); 1: torchvision's loss.
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW

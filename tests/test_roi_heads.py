@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lpr.models.char_reader import ReadingRoIHeads
-from lpr.models.mask_loss import BoundaryMaskRoIHeads, boundary_cells, boundary_weighted_mask_loss
 from lpr.models.maskrcnn import build_maskrcnn, mobilenet_v3_fpn
+from lpr.models.roi_heads import BoundaryMaskRoIHeads, boundary_cells, boundary_weighted_mask_loss
 
 
 def test_boundary_cells_are_the_ring_either_side_of_the_targets_half_contour():

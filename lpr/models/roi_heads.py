@@ -1,4 +1,4 @@
-"""A mask loss that weighs the cells on a mask's boundary more than the rest.
+"""The RoI heads lpr builds on torchvision's: a boundary-weighted mask loss, and the sampler settings.
 
 torchvision's ``maskrcnn_loss`` averages the binary cross-entropy over all
 ``M x M`` cells of each positive RoI's mask. On a character 6-11 px wide most of
@@ -10,6 +10,9 @@ the loss is the weighted mean (``w = 1`` is torchvision's loss).
 ``maskrcnn_loss`` is a module-level function that ``RoIHeads.forward`` calls
 inside, so :class:`BoundaryMaskRoIHeads` runs torchvision's forward without
 its mask branch in training and then its own, on the same positive proposals.
+:class:`lpr.models.char_reader.ReadingRoIHeads` derives from it.
+:func:`sampling_settings` reads a built RPN's or RoI heads' matcher and sampler
+back as constructor arguments, for heads rebuilt around torchvision's.
 """
 
 from __future__ import annotations

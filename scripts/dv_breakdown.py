@@ -1,0 +1,89 @@
+"""Where a checkpoint's DV IoU falls short, per kind of object: the box, the x slices or the y slices.
+
+    python scripts/dv_breakdown.py CKPT [--data-root DIR] [--batch 4] [--threshold 0.5]
+
+DV IoU (DESIGN.md §5.2) is the minimum of the box IoU and the IoUs of the
+``2k`` slice pairs (``k`` slices of the boundary sorted by x, then ``k`` sorted
+by y). For every ground-truth instance of the validation split, its detection
+of the same class with the highest box IoU (at least 0.5; see
+``paste_compare.best_detections``) is split into those three parts: the box
+IoU, the lowest x-slice IoU and the lowest y-slice IoU. Per kind of object
+(the characters together, each other class alone) it prints the instances, the
+share matched, the share of the matched that reach DV IoU ``--threshold``, and
+the share of the matched whose box, x slices or y slices fall below it (one
+instance can fail on several) with each part's median. So it shows which part
+of the shape a class loses DV mAP_50 on. The validation split is the
+checkpoint's own (or the one under ``--data-root``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from paste_compare import best_detections
+
+from lpr.checkpoint import load
+from lpr.evaluate import validation_data
+from lpr.metrics.dv import dv_iou_matrix, mask_slices
+from lpr.plates import is_character_class
+
+PARTS = ("box", "x slices", "y slices")
+
+
+def parts(pred: np.ndarray, pred_box: np.ndarray, gt: np.ndarray, gt_box: np.ndarray) -> tuple[float, float, float]:
+    """The box IoU, the lowest x-slice IoU and the lowest y-slice IoU of one pair (0 for the slices
+    if either polygon cannot be divided); their minimum is the DV IoU."""
+    boxes = np.stack([pred_box, gt_box])[:, None]  # each pair through dv_iou_matrix: its IoU convention
+    no_slices, ok = np.zeros((1, 0, 4)), np.ones(1, bool)
+    box = float(dv_iou_matrix(boxes[0], no_slices, ok, boxes[1], no_slices, ok)[0, 0])
+    p, g = mask_slices(pred, pred_box), mask_slices(gt, gt_box)
+    if p is None or g is None:
+        return box, 0.0, 0.0
+    k = len(p) // 2
+    empty, ok_k = np.zeros((2 * k, 0, 4)), np.ones(2 * k, bool)
+    slice_ious = np.diag(dv_iou_matrix(p, empty, ok_k, g, empty, ok_k))
+    return box, float(slice_ious[:k].min()), float(slice_ious[k:].min())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt")
+    parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threshold", type=float, default=0.5, help="the DV IoU a match needs")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    loaded = load(args.ckpt)
+    data_cfg = OmegaConf.create(loaded.config["data"])
+    if args.data_root:
+        data_cfg.root, data_cfg.synthesize = args.data_root, None
+    batches = list(validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader())
+    kind = {i + 1: ("characters" if is_character_class(n) else n) for i, n in enumerate(loaded.classes)}
+    counts = collections.Counter(kind[int(label)] for _, targets in batches for t in targets for label in t["labels"])
+    found: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
+    loaded.model.eval()
+    for label, pred, pred_box, gt, gt_box in best_detections(loaded.model, batches):
+        found[kind[label]].append(parts(pred, pred_box, gt, gt_box))
+
+    t = args.threshold
+    print(f"checkpoint: {args.ckpt}\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
+          f"threshold {t}; below it / median, of the matched\n")  # fmt: skip
+    print(f"{'kind':<12}{'instances':>10}{'matched':>9}{'DV >= t':>9}" + "".join(f"{p:>20}" for p in PARTS))
+    for name in sorted(counts, key=lambda n: (n != "characters", n)):
+        rows = np.array(found.get(name, []), dtype=np.float64).reshape(-1, 3)
+        line = f"{name:<12}{counts[name]:>10}{len(rows) / counts[name]:>9.3f}"
+        if len(rows) == 0:
+            print(line)
+            continue
+        line += f"{np.mean(rows.min(axis=1) >= t):>9.3f}"
+        line += "".join(f"{np.mean(rows[:, i] < t):>11.3f} / {np.median(rows[:, i]):.3f}" for i in range(3))
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
