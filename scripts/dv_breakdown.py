@@ -18,16 +18,11 @@ checkpoint's own (or the one under ``--data-root``).
 
 from __future__ import annotations
 
-import argparse
 import collections
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
-from paste_compare import best_detections
+from paste_compare import best_detections, checkpoint_and_batches, checkpoint_parser
 
-from lpr.checkpoint import load
-from lpr.evaluate import validation_data
 from lpr.metrics.dv import dv_iou_matrix, mask_slices
 from lpr.plates import is_character_class
 
@@ -50,19 +45,10 @@ def parts(pred: np.ndarray, pred_box: np.ndarray, gt: np.ndarray, gt_box: np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt")
-    parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
-    parser.add_argument("--batch", type=int, default=4)
+    parser = checkpoint_parser(__doc__)
     parser.add_argument("--threshold", type=float, default=0.5, help="the DV IoU a match needs")
     args = parser.parse_args()
-
-    torch.set_num_threads(2)
-    loaded = load(args.ckpt)
-    data_cfg = OmegaConf.create(loaded.config["data"])
-    if args.data_root:
-        data_cfg.root, data_cfg.synthesize = args.data_root, None
-    batches = list(validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader())
+    loaded, batches = checkpoint_and_batches(args)
     kind = {i + 1: ("characters" if is_character_class(n) else n) for i, n in enumerate(loaded.classes)}
     counts = collections.Counter(kind[int(label)] for _, targets in batches for t in targets for label in t["labels"])
     found: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
@@ -71,8 +57,7 @@ def main() -> None:
         found[kind[label]].append(parts(pred, pred_box, gt, gt_box))
 
     t = args.threshold
-    print(f"checkpoint: {args.ckpt}\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images; "
-          f"threshold {t}; below it / median, of the matched\n")  # fmt: skip
+    print(f"DV IoU threshold t = {t}; per part: the share of the matched below t / the median")
     print(f"{'kind':<12}{'instances':>10}{'matched':>9}{'DV >= t':>9}" + "".join(f"{p:>20}" for p in PARTS))
     for name in sorted(counts, key=lambda n: (n != "characters", n)):
         rows = np.array(found.get(name, []), dtype=np.float64).reshape(-1, 3)
@@ -81,7 +66,7 @@ def main() -> None:
             print(line)
             continue
         line += f"{np.mean(rows.min(axis=1) >= t):>9.3f}"
-        line += "".join(f"{np.mean(rows[:, i] < t):>11.3f} / {np.median(rows[:, i]):.3f}" for i in range(3))
+        line += "".join(f"{np.mean(rows[:, i] < t):>12.3f} / {np.median(rows[:, i]):.3f}" for i in range(3))
         print(line)
 
 

@@ -31,7 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
-from lpr.checkpoint import load
+from lpr.checkpoint import LoadedCheckpoint, load
 from lpr.evaluate import evaluate_module, validation_data
 from lpr.metrics.detection import MASK_THRESHOLD
 from lpr.metrics.dv import mask_dv_iou
@@ -98,23 +98,35 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def checkpoint_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a script that evaluates a checkpoint on a validation split."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt")
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3, help="timing passes; 0: no timing")
-    args = parser.parse_args()
+    return parser
 
+
+def checkpoint_and_batches(args: argparse.Namespace) -> tuple[LoadedCheckpoint, list]:
+    """The checkpoint (2 torch threads) and the batches of its validation split (or ``--data-root``'s);
+    prints both."""
     torch.set_num_threads(2)
     loaded = load(args.ckpt)
     data_cfg = OmegaConf.create(loaded.config["data"])
     if args.data_root:
         data_cfg.root, data_cfg.synthesize = args.data_root, None
     batches = list(validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader())
-    transform = loaded.model.transform
     print(f"checkpoint: {args.ckpt}\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images, "
           f"batch {args.batch}, torch threads {torch.get_num_threads()}\n")  # fmt: skip
+    return loaded, batches
+
+
+def main() -> None:
+    parser = checkpoint_parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="timing passes; 0: no timing")
+    args = parser.parse_args()
+    loaded, batches = checkpoint_and_batches(args)
+    transform = loaded.model.transform
     print(f"{'paste':<14}" + "".join(f"{k:>13}" for k in KEYS))
     for name, exact in PASTES.items():
         transform.exact_paste = exact
