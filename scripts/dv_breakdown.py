@@ -32,16 +32,17 @@ PARTS = ("box", "x slices", "y slices")
 def parts(pred: np.ndarray, pred_box: np.ndarray, gt: np.ndarray, gt_box: np.ndarray) -> tuple[float, float, float]:
     """The box IoU, the lowest x-slice IoU and the lowest y-slice IoU of one pair (0 for the slices
     if either polygon cannot be divided); their minimum is the DV IoU."""
-    boxes = np.stack([pred_box, gt_box])[:, None]  # each pair through dv_iou_matrix: its IoU convention
-    no_slices, ok = np.zeros((1, 0, 4)), np.ones(1, bool)
-    box = float(dv_iou_matrix(boxes[0], no_slices, ok, boxes[1], no_slices, ok)[0, 0])
     p, g = mask_slices(pred, pred_box), mask_slices(gt, gt_box)
-    if p is None or g is None:
-        return box, 0.0, 0.0
-    k = len(p) // 2
-    empty, ok_k = np.zeros((2 * k, 0, 4)), np.ones(2 * k, bool)
-    slice_ious = np.diag(dv_iou_matrix(p, empty, ok_k, g, empty, ok_k))
-    return box, float(slice_ious[:k].min()), float(slice_ious[k:].min())
+    divided = p is not None and g is not None
+    a = np.concatenate([pred_box[None], p]) if divided else pred_box[None]  # the box, then the 2k slices
+    b = np.concatenate([gt_box[None], g]) if divided else gt_box[None]
+    n = len(a)  # each pair as a box pair of dv_iou_matrix: its IoU convention
+    no_slices, ok = np.zeros((n, 0, 4)), np.ones(n, bool)
+    ious = np.diag(dv_iou_matrix(a, no_slices, ok, b, no_slices, ok))
+    if not divided:
+        return float(ious[0]), 0.0, 0.0
+    k = (n - 1) // 2
+    return float(ious[0]), float(ious[1 : 1 + k].min()), float(ious[1 + k :].min())
 
 
 def main() -> None:
@@ -52,7 +53,6 @@ def main() -> None:
     kind = {i + 1: ("characters" if is_character_class(n) else n) for i, n in enumerate(loaded.classes)}
     counts = collections.Counter(kind[int(label)] for _, targets in batches for t in targets for label in t["labels"])
     found: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
-    loaded.model.eval()
     for label, pred, pred_box, gt, gt_box in best_detections(loaded.model, batches):
         found[kind[label]].append(parts(pred, pred_box, gt, gt_box))
 

@@ -339,6 +339,7 @@ def test_cropping_transform_trains_on_a_window_that_holds_the_objects_at_inferen
         x, y = (target["boxes"][0, :2] * 1.5 - out["boxes"][0, :2]).round().int().tolist()
         assert torch.allclose(crop, whole[:, y : y + 96, x : x + 128], atol=1e-5)
         assert torch.allclose(out["boxes"], target["boxes"] * 1.5 - torch.tensor([x, y, x, y]))
+        assert out["masks"].shape[-2:] == (96, 128)
         assert torch.allclose(out["masks"], soft[:, y : y + 96, x : x + 128])
     # objects spanning more than the window widen it; no objects: a window anywhere
     wide = {"boxes": torch.tensor([[10.0, 50.0, 300.0, 70.0]]), "masks": torch.zeros(1, 288, 384, dtype=torch.uint8)}
