@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from lpr.models.char_reader import ReadingRoIHeads
 from lpr.models.maskrcnn import build_maskrcnn, mobilenet_v3_fpn
@@ -74,3 +75,38 @@ def test_its_mask_branch_trains_on_torchvisions_positives_and_only_the_mask_loss
 def test_a_weight_under_one_is_refused():
     with pytest.raises(ValueError, match="mask_boundary_weight must be >= 1"):
         model_and_batch(0.5)
+
+
+def mask_head_rois(thresh: float | None) -> tuple[dict, int, int]:
+    """One training step's losses with ``mask_fg_iou_thresh=thresh`` (box positives from IoU 0.3), the RoIs
+    the mask head saw, and the sampled positives at IoU ``thresh`` or more with their object."""
+    model, images, targets = model_and_batch(
+        1.0, mask_fg_iou_thresh=thresh, box_fg_iou_thresh=0.3, box_bg_iou_thresh=0.3
+    )
+    heads, sampled, rois = model.roi_heads, [], []
+    select = heads.select_training_samples
+
+    def recording_select(proposals, targets):
+        sampled.append(select(proposals, targets))
+        return sampled[-1]
+
+    heads.select_training_samples = recording_select
+    heads.mask_predictor.register_forward_hook(lambda module, args, out: rois.append(len(out)))
+    torch.manual_seed(2)  # the same proposals sampled
+    losses = model(images, targets)
+    (proposals,), (matched,), (labels,), _ = sampled[0]
+    positive = labels > 0
+    ious = box_iou(proposals[positive], targets[0]["boxes"][matched[positive]]).diagonal()
+    (seen,) = rois
+    return losses, seen, int((ious >= (thresh or 0.0)).sum())
+
+
+def test_mask_fg_iou_thresh_trains_the_mask_head_on_the_positives_that_close_to_their_object():
+    # the 8 positives: 5 proposals at IoU 0.31-0.45 and the 3 true boxes torchvision adds to the proposals
+    runs = {thresh: mask_head_rois(thresh) for thresh in (None, 0.0, 0.4, 1.0)}
+    assert all(seen == expected for _, seen, expected in runs.values())
+    assert [runs[t][1] for t in (0.0, 0.4, 1.0)] == [8, 4, 3]
+    for key, loss in runs[None][0].items():  # a threshold of 0 keeps every positive: torchvision's losses
+        torch.testing.assert_close(runs[0.0][0][key], loss)
+    with pytest.raises(ValueError, match="mask_fg_iou_thresh must lie in"):
+        model_and_batch(1.0, mask_fg_iou_thresh=1.5)

@@ -228,29 +228,45 @@ class PixelMaskRoIPool(nn.Module):
 
     The pixels are sampled as torchvision's ``project_masks_on_boxes`` samples the mask targets
     (``roi_align`` on the box, ``aligned=False``, adaptive sampling), so cell ``i`` of the crop is
-    cell ``i`` of the target. Returns
-    ``(fpn_features (N, C, 14, 14), pixels (N, 3, 28, 28))`` for :class:`PixelMaskHead`.
+    cell ``i`` of the target. With ``margin`` the crop reaches ``margin`` cells of the same size
+    beyond the box on every side: cell ``i + margin`` of the crop is cell ``i`` of the target, and the
+    pixels just outside the box, where a tight box's object ends, are there to see. Returns
+    ``(fpn_features (N, C, 14, 14), pixels (N, 3, 28 + 2 margin, 28 + 2 margin))`` for :class:`PixelMaskHead`.
     """
 
-    def __init__(self, featmap_names: Sequence[str], *, pool: type = MultiScaleRoIAlign) -> None:
+    def __init__(self, featmap_names: Sequence[str], *, margin: int = 0, pool: type = MultiScaleRoIAlign) -> None:
         super().__init__()
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 cells, got {margin}")
         self.pool = pool(list(featmap_names), output_size=14, sampling_ratio=2)
+        self.margin = margin
 
     def forward(
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = features[IMAGE_KEY]
-        boxes = [b.to(image.dtype) for b in proposals]
-        pixels = roi_align(image, boxes, 2 * 14, spatial_scale=1.0, aligned=False)  # project_masks_on_boxes' call
+        cells = 2 * 14
+        boxes = [grow_by_cells(b.to(image.dtype), self.margin, cells) for b in proposals]
+        # project_masks_on_boxes' call; grown by whole cells, the boxes keep the target's cell size
+        pixels = roi_align(image, boxes, cells + 2 * self.margin, spatial_scale=1.0, aligned=False)
         return self.pool(features, proposals, image_shapes), pixels
 
 
-def conv_relu_stack(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
-    """3x3 convs (padding 1) of ``widths``, each followed by ReLU, without a norm layer: on the mask
-    heads' 28x28 maps GroupNorm on channels-last bf16 tensors was 10x slower than the convs (CPU)."""
+def grow_by_cells(boxes: torch.Tensor, margin: int, cells: int) -> torch.Tensor:
+    """``(N, 4)`` xyxy boxes grown on every side by ``margin`` of their ``cells`` x ``cells`` grid's cells."""
+    if margin == 0:
+        return boxes
+    size = (boxes[:, 2:] - boxes[:, :2]) * (margin / cells)
+    return torch.cat([boxes[:, :2] - size, boxes[:, 2:] + size], dim=1)
+
+
+def conv_relu_stack(in_channels: int, widths: Sequence[int], padding: int = 1) -> nn.Sequential:
+    """3x3 convs of ``widths``, each followed by ReLU, without a norm layer: on the mask heads'
+    28x28 maps GroupNorm on channels-last bf16 tensors was 10x slower than the convs (CPU).
+    ``padding`` 1 keeps the map's size, 0 trims a cell off every side per conv."""
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(in_channels, width, 3, padding=padding), nn.ReLU(inplace=True)]
         in_channels = width
     return nn.Sequential(*layers)
 
@@ -260,14 +276,20 @@ class PixelMaskHead(nn.Module):
 
     A 10 px character covers two cells of the stride-8 map its mask is pooled from, so the 28x28
     mask upsampled from there cannot place its boundary to the pixel that DV IoU asks for
-    (``scripts/dv_sensitivity.py``); the glyph's own pixels can. Returns
-    ``(fpn (N, layers[-1], 14, 14), pixels (N, channels[-1], 28, 28))`` for :class:`PixelMaskPredictor`.
+    (``scripts/dv_sensitivity.py``); the glyph's own pixels can. With ``context`` the pixel convs
+    read a crop reaching one cell beyond the box per conv (:class:`PixelMaskRoIPool`'s ``margin``)
+    without padding, so their cells at the box's edge see the image beyond it instead of zeros.
+    Returns ``(fpn (N, layers[-1], 14, 14), pixels (N, channels[-1], 28, 28))`` for
+    :class:`PixelMaskPredictor`.
     """
 
-    def __init__(self, in_channels: int, layers: Sequence[int], channels: Sequence[int] = (16, 16)) -> None:
+    def __init__(
+        self, in_channels: int, layers: Sequence[int], channels: Sequence[int] = (16, 16), context: bool = False
+    ) -> None:
         super().__init__()
         self.fpn = MaskRCNNHeads(in_channels, list(layers), dilation=1)
-        self.pixels = conv_relu_stack(3, channels)
+        self.pixels = conv_relu_stack(3, channels, padding=0 if context else 1)
+        self.margin = len(channels) if context else 0  # the crop's margin, in cells, these convs consume
         self.out_channels = (list(layers)[-1], list(channels)[-1])
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,11 +446,13 @@ def build_maskrcnn(
     char_labels: Sequence[int] | None = None,
     mask_pixel_channels: Sequence[int] | None = None,
     mask_fusion_channels: Sequence[int] | None = None,
+    mask_pixel_context: bool = False,
     train_crop: Sequence[int] | None = None,
     sparse_roi_align: bool = True,
     exact_paste: bool = True,
     soft_mask_targets: bool = True,
     mask_boundary_weight: float = 1.0,
+    mask_fg_iou_thresh: float | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -475,6 +499,8 @@ def build_maskrcnn(
         mask_fusion_channels: with ``mask_pixel_channels``, widths of 3x3 convs that read the
             upsampled FPN features and the pixel features together before the mask logits
             (:class:`PixelMaskPredictor`); ``None``: the two terms are summed by the logits' 1x1 conv.
+        mask_pixel_context: with ``mask_pixel_channels``, the pixel convs read a crop reaching beyond
+            the box (a cell per conv) instead of zero padding at its edges (:class:`PixelMaskHead`).
         train_crop: ``(height, width)``: train on random windows of the resized images that hold
             their objects (:class:`DetectionTransform`); ``None``: on the whole images.
         sparse_roi_align: the RoI heads pool their features with
@@ -487,6 +513,8 @@ def build_maskrcnn(
             moves them a sixth of a pixel at scale 1.5.
         mask_boundary_weight: the mask loss counts the cells within one cell of a target's
             boundary this many times (:mod:`lpr.models.roi_heads`); 1: torchvision's loss.
+        mask_fg_iou_thresh: the mask head learns only from the box head's positive RoIs that
+            overlap their object by at least this IoU; ``None``: from all of them (torchvision).
 
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
@@ -553,9 +581,11 @@ def build_maskrcnn(
     model.roi_heads.box_roi_pool = box_roi_pool
     if mask_fusion_channels is not None and mask_pixel_channels is None:
         raise ValueError("mask_fusion_channels joins the pixel features to the FPN's: set mask_pixel_channels too")
+    if mask_pixel_context and mask_pixel_channels is None:
+        raise ValueError("mask_pixel_context widens the pixel convs' crop: set mask_pixel_channels too")
     if mask_pixel_channels is not None:  # torchvision accepts only a MultiScaleRoIAlign as the mask pool
-        mask_head = PixelMaskHead(channels, mask_head_layers, mask_pixel_channels)
-        model.roi_heads.mask_roi_pool = PixelMaskRoIPool(featmap_names, pool=pool)
+        mask_head = PixelMaskHead(channels, mask_head_layers, mask_pixel_channels, context=mask_pixel_context)
+        model.roi_heads.mask_roi_pool = PixelMaskRoIPool(featmap_names, margin=mask_head.margin, pool=pool)
         model.roi_heads.mask_head = mask_head
         model.roi_heads.mask_predictor = PixelMaskPredictor(
             mask_head.out_channels, num_classes, mask_fusion_channels or ()
@@ -571,6 +601,7 @@ def build_maskrcnn(
         exact_paste=exact_paste,
         soft_masks=soft_mask_targets,
     )
+    mask_options = {"mask_boundary_weight": mask_boundary_weight, "mask_fg_iou_thresh": mask_fg_iou_thresh}
     if char_reader is not None:  # CharReader refuses empty char_labels
         char_reader = dict(char_reader)
         options = {
@@ -579,11 +610,9 @@ def build_maskrcnn(
             if k in char_reader
         }
         reader = CharReader(char_labels or [], background=bool(options.get("score_weight")), **char_reader)
-        model.roi_heads = ReadingRoIHeads.around(
-            model.roi_heads, reader, mask_boundary_weight=mask_boundary_weight, **options
-        )
-    elif mask_boundary_weight != 1.0:
-        model.roi_heads = BoundaryMaskRoIHeads.around(model.roi_heads, mask_boundary_weight=mask_boundary_weight)
+        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, **mask_options, **options)
+    elif mask_boundary_weight != 1.0 or mask_fg_iou_thresh is not None:
+        model.roi_heads = BoundaryMaskRoIHeads.around(model.roi_heads, **mask_options)
     # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
     if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
         rpn = model.rpn

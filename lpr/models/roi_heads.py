@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
+from torchvision.ops import box_iou
 
 
 def sampling_settings(module: nn.Module) -> dict:
@@ -57,11 +58,16 @@ class BoundaryMaskRoIHeads(RoIHeads):
     proposals as torchvision's (the box sampler's, with their matched ground truth).
     """
 
-    def __init__(self, *args, mask_boundary_weight: float = 1.0, **kwargs) -> None:
+    def __init__(
+        self, *args, mask_boundary_weight: float = 1.0, mask_fg_iou_thresh: float | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         if mask_boundary_weight < 1.0:
             raise ValueError(f"mask_boundary_weight must be >= 1, got {mask_boundary_weight}")
+        if mask_fg_iou_thresh is not None and not 0 <= mask_fg_iou_thresh <= 1:
+            raise ValueError(f"mask_fg_iou_thresh must lie in [0, 1], got {mask_fg_iou_thresh}")
         self.mask_boundary_weight = float(mask_boundary_weight)
+        self.mask_fg_iou_thresh = mask_fg_iou_thresh
         self._own_mask_loss = False  # during a training forward: torchvision's mask branch is skipped
         self._sampled: tuple | None = None  # select_training_samples' result of that forward
 
@@ -92,7 +98,8 @@ class BoundaryMaskRoIHeads(RoIHeads):
         return self._sampled
 
     def forward(self, features, proposals, image_shapes, targets=None):
-        if not (self.training and self.mask_boundary_weight != 1.0 and super().has_mask()):
+        own = self.mask_boundary_weight != 1.0 or self.mask_fg_iou_thresh is not None
+        if not (self.training and own and super().has_mask()):
             return super().forward(features, proposals, image_shapes, targets)
         self._own_mask_loss = True
         try:
@@ -106,6 +113,12 @@ class BoundaryMaskRoIHeads(RoIHeads):
     def _mask_loss(self, features, image_shapes, targets, sampled) -> Tensor:
         proposals, matched_idxs, labels, _ = sampled
         positive = [torch.where(label > 0)[0] for label in labels]
+        if self.mask_fg_iou_thresh is not None:  # only the positives this close to their object
+            ious = [
+                box_iou(p[i], t["boxes"][m[i]]).diagonal()
+                for p, m, i, t in zip(proposals, matched_idxs, positive, targets, strict=True)
+            ]
+            positive = [i[iou >= self.mask_fg_iou_thresh] for i, iou in zip(positive, ious, strict=True)]
         mask_proposals = [p[i] for p, i in zip(proposals, positive, strict=True)]
         matched = [m[i] for m, i in zip(matched_idxs, positive, strict=True)]
         logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
