@@ -1,6 +1,7 @@
 """Where a checkpoint's DV IoU falls short, per kind of object: the box, the x slices or the y slices.
 
     python scripts/dv_breakdown.py CKPT [--data-root DIR] [--batch 4] [--threshold 0.5]
+        [--split-json train.json] [--max-images N]
 
 DV IoU (DESIGN.md §5.2) is the minimum of the box IoU and the IoUs of the
 ``2k`` slice pairs (``k`` slices of the boundary sorted by x, then ``k`` sorted
@@ -13,7 +14,9 @@ share matched, the share of the matched that reach DV IoU ``--threshold``, and
 the share of the matched whose box, x slices or y slices fall below it (one
 instance can fail on several) with each part's median. So it shows which part
 of the shape a class loses DV mAP_50 on. The validation split is the
-checkpoint's own (or the one under ``--data-root``).
+checkpoint's own (or the one under ``--data-root``); ``--split-json
+train.json --max-images 75`` reads 75 training images instead, unaugmented,
+to tell whether the masks miss what they were trained on as well.
 """
 
 from __future__ import annotations

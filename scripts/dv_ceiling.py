@@ -1,6 +1,7 @@
 """What bounds a checkpoint's DV mAP: its masks, or the boxes and scores of its detections.
 
     python scripts/dv_ceiling.py CKPT [--data-root DIR] [--batch 4] [--mask-size 28]
+        [--split-json train.json] [--max-images N]
 
 DV mAP (DESIGN.md §5.2) is COCO AP with DV IoU as the overlap, so it asks two
 things of the detections of a class: masks whose DV IoU with their object

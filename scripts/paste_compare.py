@@ -1,6 +1,7 @@
 """A checkpoint's mask metrics with its masks pasted both ways: lpr's exact paste and torchvision's.
 
     python scripts/paste_compare.py CKPT [--data-root DIR] [--batch 4] [--repeats 3]
+        [--split-json train.json] [--max-images N]
 
 The mask head's ``M x M`` masks go into the image either by
 :func:`lpr.models.paste.paste_masks` (``model.net.exact_paste=true``, the
@@ -22,6 +23,7 @@ median seconds per image of each.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Iterator
@@ -104,19 +106,29 @@ def checkpoint_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("ckpt")
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--split-json", default=None, help="evaluate this JSON of the data set (e.g. train.json)")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first images of the split")
     return parser
 
 
 def checkpoint_and_batches(args: argparse.Namespace) -> tuple[LoadedCheckpoint, list]:
-    """The checkpoint (2 torch threads) and the batches of its validation split (or ``--data-root``'s);
-    prints both."""
+    """The checkpoint (2 torch threads) and the batches of its validation split (or ``--data-root``'s,
+    or its ``--split-json``; the first ``--max-images`` of them); prints both."""
     torch.set_num_threads(2)
     loaded = load(args.ckpt)
     data_cfg = OmegaConf.create(loaded.config["data"])
     if args.data_root:
         data_cfg.root, data_cfg.synthesize = args.data_root, None
-    batches = list(validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader())
-    print(f"checkpoint: {args.ckpt}\nvalidation: {data_cfg.root}, {sum(len(b[0]) for b in batches)} images, "
+    if args.split_json:  # read as the validation split is: no augmentation
+        data_cfg.val_json, data_cfg.val_image_root = args.split_json, None
+    loader = validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader()
+    batches = list(loader if args.max_images is None else itertools.islice(loader, -(-args.max_images // args.batch)))
+    if args.max_images is not None and batches:
+        images, targets = batches[-1]
+        keep = args.max_images - args.batch * (len(batches) - 1)
+        batches[-1] = (images[:keep], targets[:keep])
+    count = sum(len(b[0]) for b in batches)
+    print(f"checkpoint: {args.ckpt}\nvalidation: {data_cfg.root}/{data_cfg.val_json}, {count} images, "
           f"batch {args.batch}, torch threads {torch.get_num_threads()}\n")  # fmt: skip
     return loaded, batches
 
