@@ -217,7 +217,7 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
     def around(cls, heads: RoIHeads, reader: CharReader, **options) -> ReadingRoIHeads:
         """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``
         and ``options`` (``agnostic``, ``char_nms_thresh``, ``char_cover_thresh``, ``score_weight``,
-        ``mask_boundary_weight``)."""
+        ``mask_boundary_weight``, ``mask_fg_iou_thresh``)."""
         return super().around(heads, reader=reader, **options)
 
     def _detector_target(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,11 +5,16 @@ torchvision's ``maskrcnn_loss`` averages the binary cross-entropy over all
 those cells are plainly inside or outside; what DV IoU (DESIGN.md §5.2) checks
 is where the boundary runs, to the pixel. With ``mask_boundary_weight = w``
 the cells within one cell of the target's 0.5 contour count ``w`` times, and
-the loss is the weighted mean (``w = 1`` is torchvision's loss).
+the loss is the weighted mean (``w = 1`` is torchvision's loss). With
+``mask_fg_iou_thresh = t`` the mask head learns only from the positive
+proposals that overlap their object by IoU ``t`` or more (the box head keeps
+all of them; the ground-truth boxes, which torchvision adds to the proposals,
+always qualify).
 
 ``maskrcnn_loss`` is a module-level function that ``RoIHeads.forward`` calls
 inside, so :class:`BoundaryMaskRoIHeads` runs torchvision's forward without
-its mask branch in training and then its own, on the same positive proposals.
+its mask branch in training and then its own, on the same positive proposals
+(or the closer of them).
 :class:`lpr.models.char_reader.ReadingRoIHeads` derives from it.
 :func:`sampling_settings` reads a built RPN's or RoI heads' matcher and sampler
 back as constructor arguments, for heads rebuilt around torchvision's.
@@ -52,10 +57,12 @@ def boundary_weighted_mask_loss(logits: Tensor, targets: Tensor, boundary_weight
 
 
 class BoundaryMaskRoIHeads(RoIHeads):
-    """torchvision's ``RoIHeads`` whose mask loss weighs boundary cells ``mask_boundary_weight`` times.
+    """torchvision's ``RoIHeads`` whose mask loss weighs boundary cells ``mask_boundary_weight`` times
+    and, with ``mask_fg_iou_thresh``, learns from the closer positives only.
 
-    Inference is torchvision's. In training, the mask head sees the same positive
-    proposals as torchvision's (the box sampler's, with their matched ground truth).
+    Inference is torchvision's. In training, the mask head sees the positive proposals
+    torchvision's would (the box sampler's, with their matched ground truth), less those
+    under ``mask_fg_iou_thresh``.
     """
 
     def __init__(
@@ -74,7 +81,7 @@ class BoundaryMaskRoIHeads(RoIHeads):
     @classmethod
     def around(cls, heads: RoIHeads, **options):
         """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``options``
-        (``mask_boundary_weight`` and those of a subclass)."""
+        (``mask_boundary_weight``, ``mask_fg_iou_thresh`` and those of a subclass)."""
         return cls(
             heads.box_roi_pool,
             heads.box_head,
