@@ -30,13 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from dv_sensitivity import mask_head_round_trips
 from paste_compare import checkpoint_and_batches, checkpoint_parser
 from torchvision.ops import box_iou
 
-from lpr.metrics.detection import MASK_THRESHOLD, DVMeanAP
+from lpr.metrics.detection import MASK_THRESHOLD, DVMeanAP, binary_masks
 from lpr.metrics.dv import mask_dv_iou
 
 Detections = list[dict[str, torch.Tensor]]
@@ -47,18 +46,14 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return min(min_size / min(height, width), max_size / max(height, width))
 
 
-def binary(mask: torch.Tensor) -> np.ndarray:
-    return (mask >= MASK_THRESHOLD).numpy().astype(np.uint8)
-
-
 def best_dv_iou(out: dict, target: dict) -> torch.Tensor:
     """Each detection's highest DV IoU with a ground-truth object of its class (0 if none)."""
-    best = torch.zeros(len(out["boxes"]))
-    for i in range(len(out["boxes"])):
-        pred, pred_box = binary(out["masks"][i, 0]), out["boxes"][i].double().numpy()
+    preds, gts = binary_masks(out["masks"]), binary_masks(target["masks"])
+    pred_boxes, gt_boxes = out["boxes"].double().numpy(), target["boxes"].double().numpy()
+    best = torch.zeros(len(preds))
+    for i in range(len(preds)):
         for j in (target["labels"] == out["labels"][i]).nonzero()[:, 0].tolist():
-            gt, gt_box = target["masks"][j].numpy().astype(np.uint8), target["boxes"][j].double().numpy()
-            best[i] = max(float(best[i]), mask_dv_iou(pred, pred_box, gt, gt_box))
+            best[i] = max(float(best[i]), mask_dv_iou(preds[i], pred_boxes[i], gts[j], gt_boxes[j]))
     return best
 
 
@@ -72,7 +67,7 @@ def maskness(out: dict) -> torch.Tensor:
 def perfect_masks(out: dict, target: dict, scale: float, size: int) -> dict:
     """``out`` with the mask of each detection matched to an object of its class (box IoU >= 0.5)
     replaced by that object's mask through a perfect ``size x size`` mask head on the detection's box."""
-    masks = out["masks"].clone()
+    masks, gts = out["masks"].clone(), binary_masks(target["masks"])
     key = f"{size}x{size} bilinear, exact paste"
     for i in range(len(out["boxes"])):
         same = (target["labels"] == out["labels"][i]).nonzero()[:, 0]
@@ -81,8 +76,8 @@ def perfect_masks(out: dict, target: dict, scale: float, size: int) -> dict:
         ious = box_iou(out["boxes"][i : i + 1], target["boxes"][same])[0]
         if ious.max() < 0.5:
             continue
-        gt = target["masks"][int(same[ious.argmax()])].numpy().astype(np.uint8)
-        trip = mask_head_round_trips(gt, out["boxes"][i].double().numpy(), scale, [size])[key]
+        gt = gts[int(same[ious.argmax()])]
+        trip = mask_head_round_trips(gt, out["boxes"][i].double().numpy(), scale, [size], modes=("bilinear",))[key]
         masks[i, 0] = torch.from_numpy(trip).float()
     return {**out, "masks": masks}
 

@@ -49,17 +49,20 @@ def perturbations(mask: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def mask_head_round_trips(mask: np.ndarray, box: np.ndarray, scale: float, sizes: list[int]) -> dict[str, np.ndarray]:
+def mask_head_round_trips(
+    mask: np.ndarray, box: np.ndarray, scale: float, sizes: list[int], modes: tuple[str, ...] = ("nearest", "bilinear")
+) -> dict[str, np.ndarray]:
     """The mask as a perfect mask head would give it back: resized, projected to M x M, pasted at the original size.
 
-    The mask is resized with the image either as torchvision's transform does (nearest: whole source
-    pixels repeated once or twice at scale 1.5) or bilinearly as the image itself is (a soft mask,
-    ``model.net.soft_mask_targets``); the exact paste is the inverse of the latter.
+    The mask is resized with the image (``modes``) either as torchvision's transform does (nearest:
+    whole source pixels repeated once or twice at scale 1.5) or bilinearly as the image itself is
+    (a soft mask, ``model.net.soft_mask_targets``); the exact paste is the inverse of the latter.
+    Keys: ``"{M}x{M} {mode}, {exact|torchvision} paste"`` (torchvision's paste after nearest only).
     """
     h, w = mask.shape
     box_t = torch.tensor(box, dtype=torch.float32)[None]
     out = {}
-    for mode in ("nearest", "bilinear"):
+    for mode in modes:
         resized = F.interpolate(
             torch.from_numpy(mask).float()[None, None], scale_factor=scale, mode=mode, recompute_scale_factor=True,
             **({"align_corners": False} if mode == "bilinear" else {}),

@@ -35,7 +35,7 @@ from torchvision.ops import box_iou
 
 from lpr.checkpoint import LoadedCheckpoint, load
 from lpr.evaluate import evaluate_module, validation_data
-from lpr.metrics.detection import MASK_THRESHOLD
+from lpr.metrics.detection import binary_masks
 from lpr.metrics.dv import mask_dv_iou
 from lpr.plates import character_labels
 
@@ -70,12 +70,11 @@ def best_detections(
                 if ious.max() < 0.5:
                     continue
                 best = int(same[ious.argmax()])
-                pred = (out["masks"][best, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
                 yield (
                     int(label),
-                    pred,
+                    binary_masks(out["masks"][best : best + 1])[0],
                     out["boxes"][best].double().numpy(),
-                    gt_mask.numpy().astype(np.uint8),
+                    binary_masks(gt_mask[None])[0],
                     gt_box.double().numpy(),
                 )
 
