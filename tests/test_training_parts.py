@@ -101,6 +101,50 @@ def test_non_finite_loss_stops_training_with_step_and_losses(synth_dir):
         trainer.fit(module, datamodule=dm)
 
 
+def test_loss_weights_scale_each_loss_in_the_trained_loss(synth_dir):
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    weights = {"loss_mask": 3.0, "loss_objectness": 0.5}
+    module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01}, loss_weights=weights)
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    logged = {k.removeprefix("train/"): v.item() for k, v in trainer.callback_metrics.items() if "loss" in k}
+    parts = {k: v for k, v in logged.items() if k != "loss"}
+    assert set(parts) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert logged["loss"] == pytest.approx(sum(v * weights.get(k, 1.0) for k, v in parts.items()), rel=1e-5)
+    assert logged["loss"] != pytest.approx(sum(parts.values()), rel=1e-3)  # the factors did count
+    assert module.hparams["loss_weights"] == weights  # kept in the checkpoint, with the config
+    with pytest.raises(ValueError, match=r"unknown losses \['loss_masks'\]"):
+        MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD"}, loss_weights={"loss_masks": 2.0})
+
+
+def test_lr_multipliers_scale_the_lr_of_named_parameters_through_the_schedule(synth_dir):
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    optimizer = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.1}
+    scheduler = {"_target_": "lpr.models.schedules.warmup_cosine", "warmup_steps": 2}
+    factors = {"roi_heads.mask": 3.0, "roi_heads.mask_predictor": 0.5}  # the longest matching key counts
+    module = MaskRCNNModule(list(dm.classes), NET, optimizer, scheduler=scheduler, lr_multipliers=factors)
+    trainer = quiet_trainer(max_steps=3)
+    trainer.fit(module, datamodule=dm)
+    groups = trainer.optimizers[0].param_groups
+    group_of = {id(p): g for g in groups for p in g["params"]}
+    named = dict(module.model.named_parameters())
+    assert len(group_of) == len(named) == sum(len(g["params"]) for g in groups)  # each parameter once
+    base = groups[0]["lr"]
+    assert 0 < base < 0.01 and groups[0]["weight_decay"] == 0.1  # the schedule moved it; group 0 is the plain one
+    expected = {"roi_heads.mask_head.": 3.0, "roi_heads.mask_predictor.": 0.5, "roi_heads.box_head.": 1.0}
+    for name, param in named.items():
+        factor = next((f for prefix, f in expected.items() if name.startswith(prefix)), None)
+        if factor is not None:
+            assert group_of[id(param)]["lr"] == pytest.approx(base * factor), name
+        decayed = not (name.endswith("bias") or ".bn" in name or "norm" in name)
+        if name.startswith("roi_heads.mask_head.") and decayed and param.dim() > 1:
+            assert group_of[id(param)]["weight_decay"] == 0.1, name
+        if name.endswith("bias"):
+            assert group_of[id(param)]["weight_decay"] == 0.0, name
+    with pytest.raises(ValueError, match=r"no parameter of the network starts with \['roi_heads.masks'\]"):
+        MaskRCNNModule(list(dm.classes), NET, optimizer, lr_multipliers={"roi_heads.masks": 2.0})
+
+
 def test_mobilenet_stage_end_feeds_the_last_block_of_each_stage():
     first, last = mobilenet_v3_fpn(stage_end=False), mobilenet_v3_fpn(stage_end=True)
     # MobileNetV3-Large: blocks 4-6 at stride 8, 7-12 at stride 16, 13-15 + the 1x1 conv 16 at stride 32
