@@ -258,8 +258,8 @@ class MaskRCNNModule(L.LightningModule):
                 if param.requires_grad:
                     factor = self._lr_multiplier(f"{module_name}.{name}" if module_name else name)
                     groups.setdefault((factor, not (is_norm or name == "bias")), []).append(param)
-        # without lr_multipliers: [decayed, not decayed], the groups before them (resumable either way);
-        # train/lr logs group 0
+        # without lr_multipliers these are the two groups of old, [decayed, not decayed], so older runs
+        # resume; train/lr logs group 0
         groups = {key: members for key, members in groups.items() if members}
         params = [
             {"params": members} if decay else {"params": members, "weight_decay": 0.0}
