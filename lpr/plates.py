@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BOARD_TYPES = ("l_board", "r_board")
-DEFAULT_SUB_PATTERN = r"^[0-9]{2}[a-e]$"
+DEFAULT_SUB_PATTERN = r"^[0-9]{2,3}[a-e]$"  # 2 digits, or 3 on plates since 2019
 DEFAULT_MAIN_PATTERN = r"^[0-9]{4}$"
 
 

@@ -99,4 +99,4 @@ def test_read_plates_never_crashes_on_random_detections(boxes, data):
     for r in readings:
         assert r.text == r.sub + r.main
         if r.valid:
-            assert re.fullmatch(r"[0-9]{2}[a-e]", r.sub) and re.fullmatch(r"[0-9]{4}", r.main)
+            assert re.fullmatch(r"[0-9]{2,3}[a-e]", r.sub) and re.fullmatch(r"[0-9]{4}", r.main)

@@ -1,0 +1,3 @@
+from lpr.data.synth.cli import main
+
+main()
