@@ -11,13 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lpr.models.module import LOSS_KEYS, VAL_KEYS
+from lpr.models.module import LOSS_KEYS, VAL_KEYS, VAL_PREFIXES
 
 # Every key lpr logs: what checkpoint.monitor may name.
 LOGGED_KEYS = (
     ["train/loss", "train/lr", "train/minutes"]
     + [f"train/{k}" for k in LOSS_KEYS]
-    + [f"val/{k}" for k in VAL_KEYS]
+    + [f"{prefix}/{k}" for prefix in VAL_PREFIXES for k in VAL_KEYS]
     + ["mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches", "data/skipped_images"]
 )
 

@@ -4,7 +4,8 @@
 
 Minutes are ``train/minutes`` (training wall time without validation, logged
 by the progress callback) at the step of each validation. Prints a table and
-the first validation where ``val/EIR`` reaches ``--target``.
+the first validation where ``val/EIR`` reaches ``--target``. A run with a held-out-style
+validation split also gets its ``val_heldout/...`` columns.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-KEYS = ("val/mAP", "val/mAP_50", "val/segm_mAP", "val/dv_mAP", "val/dv_mAP_50", "val/EIR", "val/plate_precision")
+KEYS = (
+    "val/mAP",
+    "val/mAP_50",
+    "val/segm_mAP",
+    "val/dv_mAP",
+    "val/dv_mAP_50",
+    "val/EIR",
+    "val/plate_precision",
+    "val_heldout/mAP",
+    "val_heldout/dv_mAP_50",
+    "val_heldout/EIR",
+)
 
 
 def load_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -51,7 +63,8 @@ def main() -> None:
     for key in keys:
         for step, value in scalars[key]:
             rows.setdefault(step, {})[key] = value
-    print(f"{'step':>6} {'minutes':>8} " + " ".join(f"{k.split('/')[1]:>15}" for k in keys))
+    names = [k.split("/")[1] if k.startswith("val/") else k.replace("val_heldout/", "heldout_") for k in keys]
+    print(f"{'step':>6} {'minutes':>8} " + " ".join(f"{n:>15}" for n in names))
     reached = None
     for step in sorted(rows):
         m = minutes_at(minutes, step)

@@ -190,6 +190,27 @@ def test_datamodule_synthesises_on_first_use_and_owns_classes(tmp_path):
     assert all(t["labels"].max() <= len(dm.classes) for t in targets if len(t["labels"]))
 
 
+def test_datamodule_validates_on_the_heldout_split_too_and_refuses_a_set_drawn_otherwise(tmp_path):
+    root = tmp_path / "synth"
+    asked = {"train": 2, "val": 2, "heldout": 3, "seed": 1}
+    dm = CocoDataModule(str(root), batch_size=2, heldout_json="val_heldout.json", synthesize=asked)
+    dm.prepare_data()
+    dm.setup("fit")
+    val, heldout = dm.val_dataloader()
+    assert len(val.dataset) == 2 and len(heldout.dataset) == 3
+    assert heldout.dataset.ann_file == root / "val_heldout.json"
+    # without the file (a COCO set of one's own) there is one validation loader
+    plain = CocoDataModule(str(root), batch_size=2, heldout_json="missing.json")
+    plain.setup("fit")
+    assert len(plain.val_dataloader().dataset) == 2
+    # the folder's set was drawn with seed 1: asking for seed 2 there is refused, the set is kept
+    before = (root / "train.json").read_bytes()
+    other = CocoDataModule(str(root), heldout_json="val_heldout.json", synthesize={**asked, "seed": 2})
+    with pytest.raises(DataValidationError, match=r"drawn with other settings \(seed: 1 there, 2 asked\)"):
+        other.prepare_data()
+    assert (root / "train.json").read_bytes() == before
+
+
 def test_datamodule_rejects_splits_with_different_classes(tmp_path, synth_dir):
     val = json.loads((synth_dir / "val.json").read_text())
     val["categories"] = val["categories"][:-1]

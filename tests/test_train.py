@@ -42,8 +42,10 @@ def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    for key in ("train/loss", "train/loss_classifier", "train/loss_mask", "train/lr", *VAL_TAGS):
+    heldout_tags = [tag.replace("val/", "val_heldout/") for tag in VAL_TAGS]  # the held-out-style split
+    for key in ("train/loss", "train/loss_classifier", "train/loss_mask", "train/lr", *VAL_TAGS, *heldout_tags):
         assert key in tags
+    assert [e.step for e in acc.Scalars("val_heldout/EIR")] == [5, 11]
     assert len(acc.Scalars("train/loss")) >= 10
     assert [e.step for e in acc.Scalars("val/EIR")] == [5, 11]  # one point per validation (each epoch)
     assert {f"val_images/{i}" for i in range(4)} <= set(acc.Tags()["images"])
@@ -51,6 +53,7 @@ def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
 
     summaries = [line for line in lines if line.startswith("validation at epoch")]
     assert len(summaries) == 2 and "dv_mAP_50" in summaries[0] and "EIR" in summaries[0]
+    assert len([line for line in lines if line.startswith("val_heldout: validation at epoch")]) == 2
 
     eta = [line for line in lines if re.search(r"ETA \d+d \d{2}h \d{2}m \d{2}s$", line)]
     assert len(eta) >= 4
@@ -66,9 +69,14 @@ def test_best_checkpoints_per_watched_key_record_key_and_value(fast_run):
 
 
 def test_checkpoint_monitor_from_the_command_line(tmp_path):
-    cfg = compose_cfg(tmp_path, "checkpoint.monitor=val/mAP", "data.synthesize.train=4", "trainer.max_epochs=1")
+    cfg = compose_cfg(
+        tmp_path, "checkpoint.monitor=[val/mAP,val_heldout/EIR]", "data.synthesize.train=4", "trainer.max_epochs=1"
+    )
     train(cfg)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-val_mAP.ckpt", "last.ckpt"]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best-val_heldout_EIR.ckpt", "best-val_mAP.ckpt", "last.ckpt"]
+    meta = torch.load(tmp_path / "checkpoints" / "best-val_heldout_EIR.ckpt", weights_only=True)["lpr"]
+    assert meta["monitor"]["key"] == "val_heldout/EIR"
 
 
 def test_checkpoint_is_self_describing_and_weights_only(fast_run):

@@ -24,6 +24,9 @@ class CocoDataModule(L.LightningDataModule):
         val_json: validation annotations.
         image_root: folder of the training images' ``file_name``.
         val_image_root: folder of the validation images (default: ``image_root``).
+        heldout_json: an optional second validation split (the synthetic set's ``val_heldout.json``,
+            drawn in styles training never sees); validated after ``val_json`` and logged as
+            ``val_heldout/...``. Skipped when ``None`` or when the file does not exist.
         batch_size: images per training batch (validation uses the same).
         num_workers: DataLoader worker processes.
         val_num_workers: workers of the validation loader (default: ``num_workers``).
@@ -48,6 +51,7 @@ class CocoDataModule(L.LightningDataModule):
         val_json: str = "val.json",
         image_root: str = "images",
         val_image_root: str | None = None,
+        heldout_json: str | None = None,
         batch_size: int = 4,
         num_workers: int = 0,
         val_num_workers: int | None = None,
@@ -66,6 +70,7 @@ class CocoDataModule(L.LightningDataModule):
         self.val_json = self.root / val_json
         self.image_root = self.root / image_root
         self.val_image_root = self.root / val_image_root if val_image_root else self.image_root
+        self.heldout_json = self.root / heldout_json if heldout_json else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
@@ -75,16 +80,34 @@ class CocoDataModule(L.LightningDataModule):
         self.check_images = check_images
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
+        self.heldout_set: CocoInstances | None = None
         self._classes: list[str] | None = None
 
     def prepare_data(self) -> None:
         """Generate the synthetic set on first use (Lightning runs this once per node)."""
-        if self.synthesize is None or self.train_json.is_file():
+        if self.synthesize is None:
+            return
+        if self.train_json.is_file():
+            self._check_synthesized()
             return
         from lpr.data.synth import generate
 
         log.info("Synthetic data set not found at %s: generating it (%s)", self.root, self.synthesize)
         generate(self.root, progress=True, overwrite=False, **self.synthesize)
+
+    def _check_synthesized(self) -> None:
+        """An existing synthetic set must have been drawn with the settings asked for now."""
+        stored = load_coco_json(self.train_json).get("info", {}).get("synthesize")
+        if stored is None:
+            return  # not written by lpr's generator: the user's own set, used as it is
+        asked = {k: v for k, v in self.synthesize.items() if k in stored}
+        differ = {k: (stored[k], v) for k, v in asked.items() if stored[k] != v}
+        if differ:
+            detail = ", ".join(f"{k}: {old!r} there, {new!r} asked" for k, (old, new) in differ.items())
+            raise DataValidationError(
+                f"{self.root} holds a synthetic set drawn with other settings ({detail}); set data.root "
+                "(or paths.data_dir) to another folder, or remove that one to draw it anew"
+            )
 
     @property
     def classes(self) -> list[str]:
@@ -102,7 +125,11 @@ class CocoDataModule(L.LightningDataModule):
             self.val_set = CocoInstances(
                 self.val_json, self.val_image_root, self.val_transforms, check_images=self.check_images
             )
-        for split in (self.train_set, self.val_set):
+        if stage in ("fit", "validate", None) and self.heldout_set is None and self.has_heldout:
+            self.heldout_set = CocoInstances(
+                self.heldout_json, self.val_image_root, self.val_transforms, check_images=self.check_images
+            )
+        for split in (self.train_set, self.val_set, self.heldout_set):
             if split is not None and split.classes != self.classes:
                 raise DataValidationError(
                     f"{split.ann_file} has categories {split.classes} but {self.train_json} has "
@@ -126,5 +153,13 @@ class CocoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+    @property
+    def has_heldout(self) -> bool:
+        """Whether a held-out-style validation split is configured and present."""
+        return self.heldout_json is not None and self.heldout_json.is_file()
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader, or ``[val, val_heldout]`` when the held-out split exists."""
+        if self.heldout_set is None:
+            return self._loader(self.val_set, train=False)
+        return [self._loader(self.val_set, train=False), self._loader(self.heldout_set, train=False)]

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # torchvision's five losses, and loss_reader when the model has a character reader
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg", "loss_reader")
 VAL_KEYS = ("mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR", "plate_precision")
+# The validation loaders' key prefixes, in loader order: the data set's own validation split, then the
+# split drawn in styles held out of training (lpr.data.datamodule.CocoDataModule.heldout_json).
+VAL_PREFIXES = ("val", "val_heldout")
 
 
 def _without_crowd(target: dict) -> dict:
@@ -119,6 +122,10 @@ class MaskRCNNModule(L.LightningModule):
         self.val_map = CocoMAP(len(classes))
         self.val_dv = DVMeanAP(len(classes), **metrics.get("dv", {}))
         self.val_eir = ExactInferenceRate(classes, **metrics.get("plates", {}))
+        # the same metrics for a second validation loader (held-out styles), logged as val_heldout/...
+        self.heldout_map = CocoMAP(len(classes))
+        self.heldout_dv = DVMeanAP(len(classes), **metrics.get("dv", {}))
+        self.heldout_eir = ExactInferenceRate(classes, **metrics.get("plates", {}))
         self._last_eir_counts: dict | None = None
         self._skip_batch = False
         self._skip_val_round = False
@@ -175,7 +182,9 @@ class MaskRCNNModule(L.LightningModule):
             self.log("data/skipped_images", float(self._skipped_images), batch_size=batch_size)
         return loss
 
-    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> list[dict] | None:
+    def validation_step(
+        self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict] | None:
         if self._skip_val_round:
             return None
         images, targets = batch
@@ -183,40 +192,55 @@ class MaskRCNNModule(L.LightningModule):
         # lpr.evaluate and lpr.predict (which run in float32) see.
         with torch.autocast(self.device.type, enabled=False):
             outputs = self.model(images)
-        self.update_metrics(outputs, targets)
+        self.update_metrics(outputs, targets, split=dataloader_idx)
         return outputs
 
-    def update_metrics(self, outputs: list[dict], targets: list[dict]) -> None:
-        """Feed one validation batch's detections and ground truth to the metrics."""
+    def _metrics(self, split: int) -> tuple[CocoMAP, DVMeanAP, ExactInferenceRate]:
+        """The metric objects of validation loader ``split`` (0: val, 1: val_heldout)."""
+        if split == 0:
+            return self.val_map, self.val_dv, self.val_eir
+        if split == 1:
+            return self.heldout_map, self.heldout_dv, self.heldout_eir
+        raise ValueError(f"lpr validates on at most {len(VAL_PREFIXES)} loaders {VAL_PREFIXES}, got loader {split}")
+
+    def update_metrics(self, outputs: list[dict], targets: list[dict], split: int = 0) -> None:
+        """Feed one validation batch's detections and ground truth to the metrics of loader ``split``."""
         preds = [{**o, "masks": (o["masks"] >= 0.5).to(torch.uint8)} for o in outputs]  # binarise once
-        for metric in (self.val_map, self.val_dv, self.val_eir):
+        for metric in self._metrics(split):
             metric.update(preds, targets)
 
-    def compute_metrics(self) -> dict[str, float | None]:
-        """All validation metrics (synced across ranks), then reset for the next round."""
+    def compute_metrics(self, split: int = 0) -> dict[str, float | None]:
+        """All validation metrics of loader ``split`` (synced across ranks), then reset for the next round."""
         values: dict = {}
-        for metric in (self.val_map, self.val_dv, self.val_eir):
+        for metric in self._metrics(split):
             values.update(metric.compute())
             metric.reset()
         self._last_eir_counts = values.get("counts")
         return {k: values[k] for k in VAL_KEYS}
 
+    def _validated_splits(self) -> range:
+        loaders = self.trainer.val_dataloaders
+        return range(len(loaders) if isinstance(loaders, list | tuple) else 1)
+
     def on_validation_epoch_end(self) -> None:
+        splits = self._validated_splits()
         if self.trainer.sanity_checking or self._skip_val_round:
             if self._skip_val_round:
                 log.warning("validation round at step %d skipped: no metrics logged for it", self.global_step)
             self._skip_val_round = False
-            for metric in (self.val_map, self.val_dv, self.val_eir):
-                metric.reset()
+            for split in splits:
+                for metric in self._metrics(split):
+                    metric.reset()
             return
-        values = self.compute_metrics()
-        for key, value in values.items():
-            if value is not None:
-                self.log(f"val/{key}", float(value))
-        self._print_summary(values)
+        for split in splits:
+            values = self.compute_metrics(split)
+            for key, value in values.items():
+                if value is not None:
+                    self.log(f"{VAL_PREFIXES[split]}/{key}", float(value))
+            self._print_summary(values, VAL_PREFIXES[split])
 
     @rank_zero_only
-    def _print_summary(self, values: dict[str, float | None]) -> None:
+    def _print_summary(self, values: dict[str, float | None], prefix: str = "val") -> None:
         def fmt(key: str) -> str:
             v = values[key]
             return f"{key} {v:.4f}" if v is not None else f"{key} -"
@@ -230,6 +254,7 @@ class MaskRCNNModule(L.LightningModule):
         )
         # in fit: "validation at epoch 3, step 750"; a trainer.validate() after fit is the final, full one
         when = "validation at" if self.trainer.state.fn == TrainerFn.FITTING else "validation (Trainer.validate) after"
+        when = when if prefix == "val" else f"{prefix}: {when}"
         log.info(
             "%s epoch %d, step %d\n  %s\n  %s\n  %s%s | %s",
             when,
