@@ -381,8 +381,8 @@ class DetectionTransform(GeneralizedRCNNTransform):
             return image, target
         (y, x), (h, w) = self._window(image.shape[-2:], target["boxes"])
         target = dict(target)
-        boxes = target["boxes"] - torch.tensor([x, y, x, y], dtype=target["boxes"].dtype)
-        target["boxes"] = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype))
+        boxes = target["boxes"] - torch.tensor([x, y, x, y], dtype=target["boxes"].dtype, device=target["boxes"].device)
+        target["boxes"] = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device))
         if "masks" in target:
             target["masks"] = target["masks"][:, y : y + h, x : x + w]
         return image[:, y : y + h, x : x + w], target
