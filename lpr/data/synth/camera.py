@@ -23,8 +23,8 @@ def plate_quad(rng: np.random.Generator, canvas_wh: tuple[int, int], width: floa
     """
     cw, ch = canvas_wh
     corners = np.array([[-cw / 2, -ch / 2, 0], [cw / 2, -ch / 2, 0], [cw / 2, ch / 2, 0], [-cw / 2, ch / 2, 0]])
-    yaw = rng.uniform(-45, 45) if rng.random() < 0.35 else rng.uniform(-15, 15)
-    pitch = rng.uniform(-20, 20) if rng.random() < 0.35 else rng.uniform(-8, 8)
+    yaw = rng.uniform(-45, 45) if rng.random() < 0.25 else rng.uniform(-15, 15)
+    pitch = rng.uniform(-20, 20) if rng.random() < 0.25 else rng.uniform(-8, 8)
     roll = float(np.clip(rng.normal(0, 5), -15, 15))
     pts = corners @ _rotation(yaw, pitch, roll).T
     distance = cw * rng.uniform(1.2, 5.0)
@@ -78,7 +78,7 @@ def expose(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.4))
     elif kind < 0.5:  # motion
         image = cv2.filter2D(image, -1, _motion_kernel(rng))
-    if rng.random() < 0.2:  # a low-resolution sensor, upscaled
+    if rng.random() < 0.15:  # a low-resolution sensor, upscaled
         h, w = image.shape[:2]
         f = rng.uniform(1.3, 2.0)
         small = cv2.resize(image, (round(w / f), round(h / f)), interpolation=cv2.INTER_AREA)
@@ -88,5 +88,5 @@ def expose(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 
 def jpeg_quality(rng: np.random.Generator) -> int:
-    """JPEG quality of a saved image: 30-95, most of them 60 or better."""
-    return int(rng.integers(30, 60)) if rng.random() < 0.3 else int(rng.integers(60, 96))
+    """JPEG quality of a saved image: 30-95, four in five 60 or better."""
+    return int(rng.integers(30, 60)) if rng.random() < 0.2 else int(rng.integers(60, 96))
