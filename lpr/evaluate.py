@@ -183,7 +183,12 @@ def _strip_bbox(r: dict) -> dict:
 
 @torch.inference_mode()
 def evaluate_checkpoint(
-    ckpt_path: str, data_cfg: DictConfig | dict | None, *, device: str = "cpu", batch_size: int | None = None
+    ckpt_path: str,
+    data_cfg: DictConfig | dict | None,
+    *,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    split: str = "val",
 ) -> tuple[dict, dict]:
     """Run a checkpoint over a data set's validation split and compute every metric.
 
@@ -192,6 +197,7 @@ def evaluate_checkpoint(
         data_cfg: a data module config (``_target_``...); None uses the one stored in the checkpoint.
         device: torch device for the forward passes.
         batch_size: overrides the data config's batch size.
+        split: ``"val"``, or ``"val_heldout"`` for a data set with a held-out-style split.
 
     Returns:
         ``(report, details)``: the JSON report and the metrics' raw details (PR arrays).
@@ -201,7 +207,7 @@ def evaluate_checkpoint(
     """
     loaded = load(ckpt_path, map_location=device)
     datamodule = validation_data(loaded, data_cfg, batch_size=batch_size)
-    return evaluate_module(loaded.module, datamodule.val_dataloader(), loaded.classes, device=device)
+    return evaluate_module(loaded.module, datamodule.split_dataloader(split), loaded.classes, device=device)
 
 
 def validation_data(
@@ -319,7 +325,7 @@ def run(cfg: DictConfig) -> dict:
         report = evaluate_results(cfg.gt, cfg.predictions, metrics)
     elif cfg.get("ckpt_path"):
         report, details = evaluate_checkpoint(
-            cfg.ckpt_path, cfg.get("data"), device=cfg.device, batch_size=cfg.get("batch_size")
+            cfg.ckpt_path, cfg.get("data"), device=cfg.device, batch_size=cfg.get("batch_size"), split=cfg.split
         )
         pr_dir = Path(cfg.report).parent / "pr_curves" if cfg.get("pr_curves") else None
         classes = list(report["per_class"])

@@ -118,7 +118,7 @@ def main() -> None:
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("validate")
-    batches = list(datamodule.val_dataloader())
+    batches = list(datamodule.split_dataloader("val"))
     overlaps = {
         name: largest_character_overlap(load_coco_json(path))
         for name, path in (("training", datamodule.train_json), ("validation", datamodule.val_json))

@@ -120,7 +120,7 @@ def checkpoint_and_batches(args: argparse.Namespace) -> tuple[LoadedCheckpoint, 
         data_cfg.root, data_cfg.synthesize = args.data_root, None
     if args.split_json:  # read as the validation split is: no augmentation
         data_cfg.val_json, data_cfg.val_image_root = args.split_json, None
-    loader = validation_data(loaded, data_cfg, batch_size=args.batch).val_dataloader()
+    loader = validation_data(loaded, data_cfg, batch_size=args.batch).split_dataloader("val")
     batches = list(loader if args.max_images is None else itertools.islice(loader, -(-args.max_images // args.batch)))
     if args.max_images is not None and batches:
         images, targets = batches[-1]

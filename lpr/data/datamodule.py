@@ -158,6 +158,18 @@ class CocoDataModule(L.LightningDataModule):
         """Whether a held-out-style validation split is configured and present."""
         return self.heldout_json is not None and self.heldout_json.is_file()
 
+    def split_dataloader(self, split: str = "val") -> DataLoader:
+        """One validation split's loader: ``"val"`` or ``"val_heldout"`` (after ``setup("validate")``).
+
+        Raises:
+            ValueError: on another name, or ``"val_heldout"`` when the data set has no such split.
+        """
+        if split not in ("val", "val_heldout"):
+            raise ValueError(f"split must be 'val' or 'val_heldout', got {split!r}")
+        if split == "val_heldout" and self.heldout_set is None:
+            raise ValueError(f"the data set at {self.root} has no held-out split (heldout_json={self.heldout_json})")
+        return self._loader(self.val_set if split == "val" else self.heldout_set, train=False)
+
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation loader, or ``[val, val_heldout]`` when the held-out split exists."""
         if self.heldout_set is None:
