@@ -54,6 +54,7 @@ class PlateStyle:
     condense: float  # glyph width factor
     slant: float  # horizontal shear (x += slant * height above the baseline)
     monospace: bool  # glyphs centred in equal cells, else set by their own widths
+    cell_aspect: float | None = None  # every glyph stretched to line height x this width, or its own proportions
 
 
 def sample_style(rng: np.random.Generator, faces: tuple[Face, ...], schemes: tuple[str, ...]) -> PlateStyle:
@@ -80,6 +81,7 @@ def sample_style(rng: np.random.Generator, faces: tuple[Face, ...], schemes: tup
         condense=float(rng.uniform(0.7, 1.25)),
         slant=slant,
         monospace=bool(rng.random() < 0.4),
+        cell_aspect=float(rng.uniform(0.45, 0.75)) if rng.random() < 0.25 else None,
     )
 
 
@@ -109,6 +111,8 @@ def _sized_glyph(char: str, style: PlateStyle, hangul: dict[str, str], height: f
         scale = height / alpha.shape[0]
     gh = max(2, round(alpha.shape[0] * scale))
     gw = max(1, round(alpha.shape[1] * scale * style.condense))
+    if style.cell_aspect is not None:  # stretched to fill a cell, as some plate renderers draw
+        gh, gw = max(2, round(height)), max(1, round(height * style.cell_aspect))
     alpha = cv2.resize(alpha, (gw, gh), interpolation=cv2.INTER_AREA)
     alpha /= max(float(alpha.max()), 1e-3)  # thin strokes shrunk below a pixel stay full ink
     if style.slant:
