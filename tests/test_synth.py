@@ -176,7 +176,10 @@ def test_user_font_folder_adds_faces_and_bad_folders_are_named(tmp_path):
 
 def test_cli_bad_input_one_message_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "street.jpg").write_bytes(b"no JPEG here")
     cases = [
+        (["--backgrounds", str(tmp_path / "broken")], "street.jpg cannot be read as an image"),
         (["--fonts", str(tmp_path / "empty")], "holds no font file"),
         (["--backgrounds", str(tmp_path / "empty")], "holds no image"),
         (["--fonts", str(tmp_path / "nowhere")], "does not exist"),
@@ -200,7 +203,7 @@ def test_cli_bad_input_one_message_exit_2(tmp_path):
         )
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
-        assert not (tmp_path / "o").exists()
+        assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*")), "nothing half-written left"
 
 
 def test_backgrounds_folder_is_cropped_into_scenes(tmp_path):

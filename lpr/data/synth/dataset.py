@@ -147,10 +147,14 @@ def generate(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     counts = {"train": train, "val": val, "val_heldout": heldout}
-    for split in SPLITS:
-        if counts[split]:
-            _write_split(tmp, split, counts[split], styles=pools[split], settings=settings, workers=workers,
-                         progress=progress)  # fmt: skip
+    try:
+        for split in SPLITS:
+            if counts[split]:
+                _write_split(tmp, split, counts[split], styles=pools[split], settings=settings, workers=workers,
+                             progress=progress)  # fmt: skip
+    except BaseException:  # a failed or interrupted run leaves nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists() and overwrite:
         shutil.rmtree(out)
     try:

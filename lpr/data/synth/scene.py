@@ -88,11 +88,15 @@ def _background_files(folder: str | None) -> tuple[str, ...]:
     return files
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=16)
 def _photo(path: str) -> np.ndarray:
+    """A background photo, its longer side at most 1024 px (a cache of full-size photos would not fit)."""
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise SynthError(f"background image {path} cannot be read as an image")
+    scale = 1024 / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     return image
 
 
