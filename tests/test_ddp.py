@@ -34,7 +34,8 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
         "trainer.max_epochs=1",
     )  # fmt: skip
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["best-val_EIR.ckpt", "best-val_dv_mAP.ckpt", "last.ckpt"]  # one set, from rank 0
+    # one set, from rank 0
+    assert ckpts == ["best-val_EIR.ckpt", "best-val_dv_mAP.ckpt", "best-val_heldout_EIR.ckpt", "last.ckpt"]
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = EventAccumulator(str(events[0]))

@@ -180,8 +180,11 @@ def test_perfect_predictions_score_one(val_set):
     m = coco.compute()
     assert m["mAP"] == pytest.approx(1.0) and m["segm_mAP"] == pytest.approx(1.0)
     d = dv.compute()
-    assert d["dv_mAP"] > 0.8  # only characters too small to divide (< 30 boundary points) are lost
-    assert d["details"]["per_class"][PLATE_CLASSES.index("l_board") + 1] in (1.0, -1.0)
+    # only instances too small to divide (< 30 boundary points: a third of the synthetic characters are under
+    # 12 px tall) are lost; the boards always divide
+    assert d["dv_mAP"] > 0.6
+    for board in ("l_board", "r_board"):
+        assert d["details"]["per_class"][PLATE_CLASSES.index(board) + 1] in (1.0, -1.0)
     e = eir.compute()
     assert e["EIR"] == 1.0 and e["plate_precision"] == 1.0
     assert e["counts"]["gt"] == sum(1 for t in targets for lab in t["labels"] if lab in (16, 17))
