@@ -26,7 +26,7 @@ def _train(tmp_path, out, *overrides):
 def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     # A model that detects something first (single process), so the compared metrics are not all 0.
     warm = tmp_path / "warm"
-    _train(tmp_path, warm, "data.synthesize.train=60", "trainer.max_epochs=4", "checkpoint.monitor=[]")
+    _train(tmp_path, warm, "data.synthesize.train=60", "trainer.max_epochs=10", "checkpoint.monitor=[]")
     out = tmp_path / "ddp"
     _train(
         tmp_path, out, "trainer=ddp_cpu", f"init_from={warm / 'checkpoints' / 'last.ckpt'}",
