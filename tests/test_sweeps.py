@@ -56,7 +56,7 @@ def test_multirun_records_every_job_and_a_failing_one_does_not_stop_the_others(t
     assert "lr" in jobs[2]["error"].lower()
     for job, lr in zip(jobs[:2], ("0.001", "0.0003"), strict=True):
         assert f"model.optimizer.lr={lr}" in job["overrides"]
-        assert set(job["best"]) == {"val/EIR", "val/dv_mAP"}
+        assert set(job["best"]) == {"val/EIR", "val_heldout/EIR", "val/dv_mAP"}
         for best in job["best"].values():
             assert isinstance(best["value"], float) and Path(best["path"]).is_file()
         assert (Path(job["job_dir"]) / "checkpoints" / "last.ckpt").is_file()
