@@ -1,13 +1,15 @@
 """Reading plates: ``python -m lpr.predict ckpt_path=CKPT input=IMAGE_OR_DIR output=DIR``.
 
 For each image, ``DIR/<stem>.json`` (detections and plate readings) and
-``DIR/<stem>.jpg`` (masks, boxes, labels and plate text drawn); one line per
+``DIR/<stem>.jpg`` (masks, boxes, labels and plate text drawn), in the input
+folder's subfolders, keeping the suffix where two inputs share a stem; one line per
 image on the console and a summary. Unreadable files are reported and skipped;
 the exit code is 1 if any failed.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import sys
@@ -47,6 +49,15 @@ def list_images(source: str | Path) -> list[Path]:
     return files
 
 
+def output_names(files: list[Path], root: Path) -> dict[Path, Path]:
+    """Each input's output name without extension, relative to the output folder: its path under ``root``
+    without the suffix (``sub/car.jpg`` -> ``sub/car``), or with it where two inputs of one folder share a
+    stem (``car.jpg`` and ``car.png`` -> ``car.jpg`` and ``car.png``), so no result overwrites another."""
+    relative = {path: path.relative_to(root) for path in files}
+    stems = collections.Counter(rel.with_suffix("") for rel in relative.values())
+    return {path: rel if stems[rel.with_suffix("")] > 1 else rel.with_suffix("") for path, rel in relative.items()}
+
+
 def summary_line(result: dict) -> str:
     """``img.jpg: 12a3456 (l_board, 0.97)``; ``no plate`` when none was read."""
     plates = ", ".join(f"{p['text']} ({p['type']}, {p['score']:.2f})" for p in result["plates"])
@@ -75,6 +86,8 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     files = list_images(source)
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    names_out = output_names(files, root)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     failed: list[tuple[str, str]] = []
@@ -93,11 +106,13 @@ def predict(
         if images:
             results = reader.read(images, color="rgb")
             for path, rgb, result in zip(names, images, results, strict=True):
-                result["image"] = path.name
-                (out / f"{path.stem}.json").write_text(json.dumps(result, indent=1))
+                result["image"] = path.relative_to(root).as_posix()
+                base = out / names_out[path]
+                base.parent.mkdir(parents=True, exist_ok=True)
+                Path(f"{base}.json").write_text(json.dumps(result, indent=1))
                 if draw:
                     drawn = draw_result(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), result)
-                    cv2.imwrite(str(out / f"{path.stem}.jpg"), drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                    cv2.imwrite(f"{base}.jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])
                 if verbose:
                     tqdm.write(summary_line(result), file=sys.stdout)
                 done += 1

@@ -64,6 +64,24 @@ def test_predict_folder_with_a_corrupt_file(tmp_path, checkpoint, synth_dir):
     assert f"{len(good)} images," in proc.stdout and "2 failed" in proc.stdout and "images/s" in proc.stdout
 
 
+def test_inputs_sharing_a_stem_keep_every_result(tmp_path, checkpoint, synth_dir):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    image = cv2.imread(str(synth_dir / "images" / "val" / "000000.jpg"))
+    other = cv2.imread(str(synth_dir / "images" / "val" / "000001.jpg"))
+    cv2.imwrite(str(src / "car.jpg"), image)
+    cv2.imwrite(str(src / "car.png"), other)
+    cv2.imwrite(str(src / "sub" / "car.jpg"), other)
+    proc, out = _run_predict(tmp_path, checkpoint, src, "score_thr=0.01")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json"))
+    assert written == ["car.jpg.json", "car.png.json", "sub/car.json"]
+    images = {json.loads((out / name).read_text())["image"] for name in written}
+    assert images == {"car.jpg", "car.png", "sub/car.jpg"}
+    assert (out / "car.png.jpg").is_file() and (out / "sub" / "car.jpg").is_file()
+    assert "3 images," in proc.stdout
+
+
 @pytest.mark.skipif(not REAL.is_file(), reason=f"outside test data not found at {REAL}")
 def test_predict_a_real_photo(tmp_path, checkpoint):
     proc, out = _run_predict(tmp_path, checkpoint, REAL)
