@@ -14,6 +14,7 @@ Usage::
 or from Python: ``generate("data/synth", train=1200, val=75, seed=0)``.
 """
 
+from lpr.data.synth.cli import main
 from lpr.data.synth.dataset import SPLITS, generate
 from lpr.data.synth.fonts import SynthError
 from lpr.data.synth.plate import CATEGORY_ID, PLATE_CLASSES
@@ -33,10 +34,3 @@ __all__ = [
     "main",
     "render_image",
 ]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m lpr.data.synth``: see :mod:`lpr.data.synth.cli`."""
-    from lpr.data.synth.cli import main as cli_main
-
-    cli_main(argv)

@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lpr.data.synth.plate import CATEGORY_ID
 from lpr.data.synth.scene import Styles, render_image
 
 # BGR colours of the drawn polygons: characters, text regions, boards
@@ -55,6 +54,3 @@ def contact_sheet(
     if not cv2.imwrite(str(out), np.vstack(rows)):
         raise OSError(f"could not write {out}")
     return out
-
-
-__all__ = ["CATEGORY_ID", "contact_sheet"]

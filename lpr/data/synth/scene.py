@@ -197,7 +197,7 @@ def _reads_back(instances: list[Instance], text: str) -> bool:
     """Does the plate-reading rule read ``text`` from these instances' boxes?"""
     boxes = [bbox(inst.polygons) for inst in instances]
     labels = [CATEGORY_ID[inst.name] for inst in instances]
-    readings = read_boards(boxes, labels, None, PLATE_CLASSES, sub_pattern=r"^[0-9]{2,3}[a-e]$")
+    readings = read_boards(boxes, labels, None, PLATE_CLASSES)
     return len(readings) == 1 and readings[0].valid and readings[0].text == text
 
 
