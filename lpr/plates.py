@@ -1,4 +1,4 @@
-"""Reading plate text from detections (DESIGN.md §5.3), shared by EIR and predict.
+"""Reading plate text from detections (docs/metrics.md, EIR), shared by EIR and predict.
 
 The rule, in short: keep confident detections, de-duplicate characters with a
 class-agnostic NMS, then for every board take the best sub/main region whose
@@ -177,7 +177,7 @@ def read_plates(
     sub_pattern: str = DEFAULT_SUB_PATTERN,
     main_pattern: str = DEFAULT_MAIN_PATTERN,
 ) -> list[PlateReading]:
-    """Read the plates in one image's detections (DESIGN.md §5.3).
+    """Read the plates in one image's detections (docs/metrics.md, EIR).
 
     Args:
         boxes: ``(N, 4)`` xyxy boxes in pixels.

@@ -12,7 +12,7 @@ otherwise only 0 is run), the validation split of the checkpoint's own data set
 (or of the one under ``--data-root``, e.g. another seed's synthetic set to choose
 settings on images the reported figures do not
 use) is predicted, and EIR and plate precision are computed
-with the checkpoint's plate-reading settings (DESIGN.md §5.3). Each failed ground-
+with the checkpoint's plate-reading settings (docs/metrics.md, EIR). Each failed ground-
 truth plate is put in one bin by what was read at its board (the predicted board
 of its type with the highest IoU > 0.5): no such board, a sub or main region
 missing, too many or too few characters, or as many but a wrong one.

@@ -3,7 +3,7 @@
     python scripts/dv_breakdown.py CKPT [--data-root DIR] [--batch 4] [--threshold 0.5]
         [--split-json train.json] [--max-images N]
 
-DV IoU (DESIGN.md §5.2) is the minimum of the box IoU and the IoUs of the
+DV IoU (docs/metrics.md, DV mAP) is the minimum of the box IoU and the IoUs of the
 ``2k`` slice pairs (``k`` slices of the boundary sorted by x, then ``k`` sorted
 by y). For every ground-truth instance of the validation split, its detection
 of the same class with the highest box IoU (at least 0.5; see

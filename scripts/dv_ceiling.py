@@ -3,7 +3,7 @@
     python scripts/dv_ceiling.py CKPT [--data-root DIR] [--batch 4] [--mask-size 28]
         [--split-json train.json] [--max-images N]
 
-DV mAP (DESIGN.md §5.2) is COCO AP with DV IoU as the overlap, so it asks two
+DV mAP (docs/metrics.md, DV mAP) is COCO AP with DV IoU as the overlap, so it asks two
 things of the detections of a class: masks whose DV IoU with their object
 reaches the threshold, and scores that rank those first. This script predicts
 the validation split once and evaluates DV mAP (lpr's own ``DVMeanAP``) on

@@ -3,7 +3,7 @@
     python scripts/dv_sensitivity.py [--data-root data/synth_plate_s0_1200_75] [--json val.json] [--images images]
 
 For every annotation of the split, its rasterised mask is compared (DV IoU,
-DESIGN.md §5.2, with lpr's own functions) with: itself (box taken from the
+docs/metrics.md, DV mAP, with lpr's own functions) with: itself (box taken from the
 mask), itself dilated or eroded by one pixel (3x3), shifted one pixel in x,
 and down- then up-sampled 2x (a blurred boundary). Then the best a Mask R-CNN
 mask head could do: the mask as training sees it (resized by the model's

@@ -6,7 +6,7 @@
 The mask head's ``M x M`` masks go into the image either by
 :func:`lpr.models.paste.paste_masks` (``model.net.exact_paste=true``, the
 default) or by torchvision's ``paste_masks_in_image``; nothing else differs, so
-boxes, mAP and EIR are the same and segm mAP and DV mAP (DESIGN.md §5.2) show
+boxes, mAP and EIR are the same and segm mAP and DV mAP (docs/metrics.md, DV mAP) show
 what the paste costs. The validation split is the checkpoint's own (or the one
 under ``--data-root``). For the characters, each ground-truth character's
 detection of its class with the highest box IoU (at least 0.5) gives the

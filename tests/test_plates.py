@@ -1,4 +1,4 @@
-"""The plate-reading rule (DESIGN.md §5.3) and plate matching, on hand-made detections."""
+"""The plate-reading rule (docs/metrics.md, EIR) and plate matching, on hand-made detections."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model-consistency checks at setup: the heads, the backbone and the data agree (DESIGN.md §7)."""
+"""Model-consistency checks at setup: the heads, the backbone and the data agree."""
 
 from __future__ import annotations
 

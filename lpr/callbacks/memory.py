@@ -1,4 +1,4 @@
-"""MemoryGuard: watch RAM and GPU memory; warn, skip work, or save and stop cleanly (DESIGN.md §7)."""
+"""MemoryGuard: watch RAM and GPU memory; warn, skip work, or save and stop cleanly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Check a COCO instances file before any training starts (DESIGN.md §3).
+"""Check a COCO instances file before any training starts (README, Data sets).
 
 Every problem found is collected, and one ``ValueError`` lists them, naming the
 file, image and annotation ids, so a user can fix the data set in one pass.

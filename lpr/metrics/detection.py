@@ -198,7 +198,7 @@ class CocoMAP(_PerImageMetric):
 
 
 class DVMeanAP(_PerImageMetric):
-    """DV mAP (DESIGN.md §5.2): the COCO AP protocol with DV IoU as the overlap.
+    """DV mAP (docs/metrics.md, DV mAP): the COCO AP protocol with DV IoU as the overlap.
 
     Args:
         num_classes: foreground classes (labels ``1..num_classes``).
@@ -247,7 +247,7 @@ class DVMeanAP(_PerImageMetric):
 
 
 class ExactInferenceRate(_PerImageMetric):
-    """EIR and plate precision (DESIGN.md §5.3).
+    """EIR and plate precision (docs/metrics.md, EIR).
 
     Args:
         classes: class names in label order; without ``l_board``/``r_board`` the

@@ -1,4 +1,4 @@
-"""DV IoU: box IoU that also checks the shape, through slices of the boundary polygon (DESIGN.md §5.2).
+"""DV IoU: box IoU that also checks the shape, through slices of the boundary polygon (docs/metrics.md, DV mAP).
 
 Pure numpy/OpenCV functions; the COCO-protocol evaluation around them is in
 :mod:`lpr.metrics.coco`.

@@ -1,4 +1,4 @@
-"""EIR (exact inference rate): plates whose full text was read exactly (DESIGN.md §5.3)."""
+"""EIR (exact inference rate): plates whose full text was read exactly (docs/metrics.md, EIR)."""
 
 from __future__ import annotations
 

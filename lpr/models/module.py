@@ -59,7 +59,7 @@ class MaskRCNNModule(L.LightningModule):
             (see :mod:`lpr.models.schedules`), stepped every optimizer step; ``None`` for none.
         metrics: validation metric settings: ``{"dv": {k, min_points}, "plates": {score_thr,
             char_nms_iou, sub_pattern, main_pattern, width_ratio, height_ratio}}`` (defaults
-            of DESIGN.md §5 for anything left out).
+            of docs/metrics.md for anything left out).
         channels_last: keep the network's weights in NHWC, so that oneDNN's convolutions run
             channels-last (1.2-1.4x faster fp32 training steps on a CPU, docs/recipe.md); weights
             and checkpoints are the same either way.

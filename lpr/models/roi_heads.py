@@ -2,7 +2,7 @@
 
 torchvision's ``maskrcnn_loss`` averages the binary cross-entropy over all
 ``M x M`` cells of each positive RoI's mask. On a character 6-11 px wide most of
-those cells are plainly inside or outside; what DV IoU (DESIGN.md §5.2) checks
+those cells are plainly inside or outside; what DV IoU (docs/metrics.md, DV mAP) checks
 is where the boundary runs, to the pixel. With ``mask_boundary_weight = w``
 the cells within one cell of the target's 0.5 contour count ``w`` times, and
 the loss is the weighted mean (``w = 1`` is torchvision's loss). With
