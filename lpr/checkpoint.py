@@ -59,6 +59,14 @@ class LoadedCheckpoint:
     path: Path
 
 
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    reason = str(e).splitlines()[0] if str(e) else ""
+    return CheckpointError(
+        f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: truncated or corrupt "
+        f"({type(e).__name__}: {reason}). Use another checkpoint, e.g. last.ckpt or a best file."
+    )
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """``torch.load(weights_only=True)`` with errors that name the file and the problem.
 
@@ -66,17 +74,24 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         CheckpointError: missing, truncated/corrupt, or not an lpr checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: give a .ckpt file in it (e.g. {path / 'last.ckpt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        size = path.stat().st_size
-        reason = str(e).splitlines()[0] if str(e) else ""
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # a pickled class, not a damaged file
+            raise _unreadable(path, e) from None
         raise CheckpointError(
-            f"checkpoint {path} ({size} bytes) cannot be read: truncated or corrupt ({type(e).__name__}: "
-            f"{reason}). Use another checkpoint, e.g. last.ckpt or a best file."
+            f"checkpoint {path} holds Python objects lpr will not unpickle (checkpoints are loaded with "
+            "torch.load(weights_only=True), which runs no code from the file): it was not written by lpr.train. "
+            "Use a checkpoint written by lpr.train."
         ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise _unreadable(path, e) from None
     if not isinstance(ckpt, dict) or "lpr" not in ckpt or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(

@@ -7,8 +7,12 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lpr.models.module import LOSS_KEYS, VAL_KEYS, VAL_PREFIXES
@@ -20,6 +24,40 @@ LOGGED_KEYS = (
     + [f"{prefix}/{k}" for prefix in VAL_PREFIXES for k in VAL_KEYS]
     + ["mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches", "data/skipped_images"]
 )
+
+
+def run_dir(default: str) -> str:
+    """``paths.output_dir``: ``default``, except in a Hydra multirun, where each job has its own folder."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().runtime.output_dir
+    return default
+
+
+OmegaConf.register_new_resolver("lpr.run_dir", run_dir, replace=True)  # ${lpr.run_dir:DEFAULT}, conf/paths
+
+
+class RunFolderCheck(HydraCallback):
+    """Training's run folder (``hydra.run.dir``), checked and made before Hydra opens its log there:
+    a folder holding another run (:func:`check_output_dir`), a path that is a file or one that
+    cannot be created get one line and exit code 2 instead of a touched run or Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        try:
+            check_output_dir(path, resuming=OmegaConf.select(config, "ckpt_path") not in (None, ""))
+        except RunFolderInUse as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if path.exists() and not path.is_dir():
+            why = "exists and is not a folder"
+        else:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                return
+            except OSError as e:
+                why = f"cannot be created: {e.strerror or e}"
+        print(f"error: the run folder {path} (paths.output_dir) {why}", file=sys.stderr)
+        sys.exit(2)
 
 
 class ConfigError(ValueError):
@@ -41,6 +79,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("data.check_images", lambda v: v in ("full", "header", "none"), "'full', 'header' or 'none'"),
+    ("data.max_image_pixels", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
+    ("data.allow_outside_root", lambda v: isinstance(v, bool), "true or false"),
     ("trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
     ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
     ("model.metrics.dv.k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -58,6 +98,27 @@ def _regex_ok(pattern: Any) -> bool:
     except (re.error, TypeError):
         return False
     return True
+
+
+class RunFolderInUse(ConfigError):
+    """``paths.output_dir`` holds another run, which this one must not touch."""
+
+
+def check_output_dir(output_dir: Path, *, resuming: bool) -> None:
+    """A new run never writes into a finished or running one: ``output_dir`` may hold another run's
+    files (``config.yaml``, checkpoints) only when this run resumes it.
+
+    Raises:
+        RunFolderInUse: ``output_dir`` holds another run and no ``ckpt_path`` was given.
+    """
+    if resuming:
+        return
+    found = [p for p in (output_dir / "config.yaml", output_dir / "checkpoints") if p.exists()]
+    if found:
+        raise RunFolderInUse(
+            f"paths.output_dir={output_dir} already holds a run ({', '.join(p.name for p in found)}): resume it "
+            "with ckpt_path=last, or train into another folder; nothing was changed there"
+        )
 
 
 def validate_train_config(cfg: DictConfig) -> None:

@@ -26,11 +26,12 @@ from pycocotools.coco import COCO
 from lpr.checkpoint import CheckpointError, LoadedCheckpoint, load
 from lpr.config_check import clear_errors
 from lpr.data.coco import decode_segmentation
-from lpr.data.validate import DataValidationError
+from lpr.data.validate import DataValidationError, is_number, load_coco_json, validate_coco
 from lpr.hardware import enlarge_onednn_cache
 from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
 from lpr.models.module import VAL_KEYS, MaskRCNNModule
+from lpr.outputs import OutputError, make_dir, write_text
 
 log = logging.getLogger("lpr.evaluate")
 
@@ -113,6 +114,12 @@ def _check_results(results: Any, gt: COCO, path: str) -> None:
             raise EvaluationInputError(
                 f"{path}: result {i} names category_id {r['category_id']}, not in the ground truth"
             )
+        if not is_number(r["score"]):
+            raise EvaluationInputError(f"{path}: result {i} has score {r['score']}: must be a finite number")
+        if "bbox" in r and not (isinstance(r["bbox"], list) and len(r["bbox"]) == 4 and all(map(is_number, r["bbox"]))):
+            raise EvaluationInputError(
+                f"{path}: result {i} has bbox {r['bbox']}: must be 4 finite numbers [x, y, w, h]"
+            )
 
 
 def evaluate_results(gt_path: str, predictions_path: str, metrics: dict | None = None) -> dict:
@@ -125,6 +132,15 @@ def evaluate_results(gt_path: str, predictions_path: str, metrics: dict | None =
         EvaluationInputError: unreadable files, or results naming unknown images/categories.
     """
     metrics = metrics or {}
+    # the ground truth's numbers checked as a training set's are (its images are not read here)
+    validate_coco(
+        load_coco_json(gt_path),
+        Path(gt_path).parent,
+        source=gt_path,
+        check_images="none",
+        max_pixels=None,
+        allow_outside_root=True,
+    )
     try:
         with quiet():
             gt = COCO(gt_path)
@@ -203,7 +219,7 @@ def evaluate_checkpoint(
         ``(report, details)``: the JSON report and the metrics' raw details (PR arrays).
 
     Raises:
-        ValueError: the data set's classes differ from the checkpoint's.
+        ClassMismatchError: the data set's category names are not the checkpoint's class names.
     """
     loaded = load(ckpt_path, map_location=device)
     datamodule = validation_data(loaded, data_cfg, batch_size=batch_size)
@@ -221,7 +237,8 @@ def validation_data(
         batch_size: overrides the data config's batch size.
 
     Raises:
-        ValueError: no data config, or the data set's classes differ from the checkpoint's.
+        ValueError: no data config.
+        ClassMismatchError: the data set's category names are not the checkpoint's class names.
     """
     data_cfg = data_cfg if data_cfg is not None else loaded.config.get("data")
     if not data_cfg:
@@ -229,13 +246,10 @@ def validation_data(
     data_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(data_cfg), resolve=True))
     if batch_size:
         data_cfg.batch_size = batch_size
-    datamodule = instantiate(data_cfg, _convert_="all")
+    # the data set's categories are matched to the checkpoint's classes by name, whatever their ids
+    datamodule = instantiate(data_cfg, _convert_="all", classes=list(loaded.classes))
     datamodule.prepare_data()
     datamodule.setup("validate")
-    if datamodule.classes != loaded.classes:
-        raise ValueError(
-            f"data set classes {datamodule.classes} differ from the checkpoint's {loaded.classes} ({loaded.path})"
-        )
     return datamodule
 
 
@@ -286,7 +300,7 @@ def write_pr_curves(details: dict, classes: list[str], out_dir: Path | None, log
             import matplotlib.pyplot as plt
         except ImportError:
             log.warning("matplotlib is not installed (pip install 'lpr[plots]'): no PR-curve PNGs")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(out_dir)
     for kind, res in details.items():
         if res is None:
             continue
@@ -307,8 +321,12 @@ def write_pr_curves(details: dict, classes: list[str], out_dir: Path | None, log
                 )
                 path = out_dir / f"pr_{kind}_{name}.png"
                 fig.tight_layout()
-                fig.savefig(path, dpi=80)
-                plt.close(fig)
+                try:
+                    fig.savefig(path, dpi=80)
+                except OSError as e:
+                    raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+                finally:
+                    plt.close(fig)
                 written.append(path)
     if writer is not None:
         writer.close()
@@ -336,14 +354,14 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError("give ckpt_path=CKPT (optionally data=...), or gt=GT.json predictions=RESULTS.json")
     print_table(report)
     path = Path(cfg.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=float))
+    make_dir(path.parent)
+    write_text(path, json.dumps(report, indent=1, default=float))
     log.info("Report: %s", path)
     return report
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-@clear_errors(EvaluationInputError, CheckpointError, DataValidationError, FileNotFoundError, ValueError)
+@clear_errors(EvaluationInputError, CheckpointError, DataValidationError, FileNotFoundError, OutputError, ValueError)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,27 +27,43 @@ from lpr.checkpoint import CheckpointError
 from lpr.config_check import clear_errors
 from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
+from lpr.outputs import OutputError, make_dir, write_image, write_text
 from lpr.reader import PlateReader, UnreadableImageError, load_image
 
 log = logging.getLogger("lpr.predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def list_images(source: str | Path) -> list[Path]:
+def list_images(source: str | Path) -> tuple[list[Path], list[tuple[str, str]], list[Path]]:
     """An image file, or the images (by suffix, sorted) in a folder and its subfolders.
+
+    Returns:
+        ``(images, unreadable, ignored)``: the image files; ``(path, why)`` for each entry with an
+        image suffix that is no regular file (a broken symbolic link, a pipe);
+        the other files, which are no images by their suffix.
 
     Raises:
         FileNotFoundError: ``source`` does not exist or a folder holds no images.
     """
     path = Path(source)
     if path.is_file():
-        return [path]
+        return [path], [], []
     if not path.is_dir():
         raise FileNotFoundError(f"input {path} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    images, unreadable, ignored = [], [], []
+    for p in sorted(path.rglob("*")):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            if p.is_file():
+                ignored.append(p)
+        elif p.is_file():
+            images.append(p)
+        elif p.is_symlink() and not p.exists():
+            unreadable.append((str(p), f"broken symbolic link (to {os.readlink(p)})"))
+        elif not p.is_dir():
+            unreadable.append((str(p), "not a regular file"))
+    if not images and not unreadable:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
-    return files
+    return images, unreadable, ignored
 
 
 def output_names(files: list[Path], root: Path) -> dict[Path, Path]:
@@ -81,16 +98,17 @@ def predict(
     """Read every image under ``source`` and write its JSON (and drawing) to ``output``.
 
     Returns:
-        ``{"images", "failed": [(path, reason)], "plates", "seconds", "images_per_s"}``.
+        ``{"images", "failed": [(path, reason)], "ignored": [paths of files that are no images by suffix],
+        "plates", "seconds", "images_per_s"}``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    files = list_images(source)
+    files, failed, ignored = list_images(source)
     root = Path(source) if Path(source).is_dir() else Path(source).parent
     names_out = output_names(files, root)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    failed: list[tuple[str, str]] = []
+    out = make_dir(output)
+    for path, reason in failed:
+        tqdm.write(f"{Path(path).name}: FAILED ({reason})", file=sys.stdout)
     done = plates = 0
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", disable=len(files) == 1 or not sys.stderr.isatty())
@@ -108,11 +126,11 @@ def predict(
             for path, rgb, result in zip(names, images, results, strict=True):
                 result["image"] = path.relative_to(root).as_posix()
                 base = out / names_out[path]
-                base.parent.mkdir(parents=True, exist_ok=True)
-                Path(f"{base}.json").write_text(json.dumps(result, indent=1))
+                make_dir(base.parent)
+                write_text(f"{base}.json", json.dumps(result, indent=1))
                 if draw:
                     drawn = draw_result(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), result)
-                    cv2.imwrite(f"{base}.jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                    write_image(f"{base}.jpg", drawn, (cv2.IMWRITE_JPEG_QUALITY, 90))
                 if verbose:
                     tqdm.write(summary_line(result), file=sys.stdout)
                 done += 1
@@ -123,6 +141,7 @@ def predict(
     return {
         "images": done,
         "failed": failed,
+        "ignored": ignored,
         "plates": plates,
         "seconds": seconds,
         "images_per_s": done / seconds if seconds > 0 else 0.0,
@@ -142,11 +161,15 @@ def run(cfg: DictConfig) -> int:
     )
     for path, reason in stats["failed"]:
         print(f"failed: {path}: {reason}")
+    if stats["ignored"]:
+        names = ", ".join(str(p) for p in stats["ignored"][:10]) + (", ..." if len(stats["ignored"]) > 10 else "")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        print(f"ignored {len(stats['ignored'])} files without an image suffix ({suffixes}): {names}")
     return 1 if stats["failed"] else 0
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@clear_errors(CheckpointError, FileNotFoundError)
+@clear_errors(CheckpointError, FileNotFoundError, OutputError)
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:

@@ -16,6 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from lpr.outputs import make_dir, write_text
+
 log = logging.getLogger("lpr.sweep")
 JOB_SUMMARY = "job_summary.json"
 SWEEP_SUMMARY = "sweep_summary.json"
@@ -40,12 +42,11 @@ def best_values(callbacks: list[Any]) -> dict[str, dict]:
 def write_job_summary(
     output_dir: str | Path, *, overrides: list[str], status: str, best: dict | None = None, error: str | None = None
 ) -> Path:
-    path = Path(output_dir) / JOB_SUMMARY
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_dir(output_dir) / JOB_SUMMARY
     summary = {"job_dir": str(Path(output_dir)), "overrides": overrides, "status": status, "best": best or {}}
     if error:
         summary["error"] = error
-    path.write_text(json.dumps(summary, indent=1))
+    write_text(path, json.dumps(summary, indent=1))
     return path
 
 

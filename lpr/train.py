@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -15,16 +16,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lpr.callbacks.checkpoint import CheckpointMetadata
 from lpr.callbacks.consistency import ConsistencyError
 from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, read_checkpoint
-from lpr.config_check import ConfigError, clear_errors, validate_train_config
-from lpr.data.validate import DataValidationError
+from lpr.config_check import ConfigError, RunFolderInUse, check_output_dir, clear_errors, validate_train_config
+from lpr.data.validate import ClassMismatchError, DataValidationError
 from lpr.hardware import cpu_precision, enlarge_onednn_cache
 from lpr.models.module import MaskRCNNModule
 from lpr.models.transfer import transfer_weights
+from lpr.outputs import OutputError, make_dir, write_text
 from lpr.sweep import best_values, optimization_direction, write_job_summary
 
 log = logging.getLogger("lpr.train")
@@ -59,6 +62,16 @@ def _resolve_ckpt_path(cfg: DictConfig) -> str | None:
             )
         return str(path)
     return str(cfg.ckpt_path)
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped by a signal (``SIGINT``: Ctrl-C, or ``SIGTERM``) after ``last.ckpt`` was
+    written; ``exit_code`` is what shells report for it (130, 143) and ``objects`` as :func:`train`'s."""
+
+    def __init__(self, signal_name: str, objects: dict[str, Any]) -> None:
+        super().__init__(f"training stopped by {signal_name}")
+        self.signal_name, self.objects = signal_name, objects
+        self.exit_code = 128 + int(getattr(signal, signal_name))
 
 
 def build_module(cfg: DictConfig, classes: list[str], ckpt_path: str | None) -> MaskRCNNModule:
@@ -106,16 +119,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    check_output_dir(output_dir, resuming=cfg.get("ckpt_path") not in (None, ""))
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")  # validates the data set now, before any model is built
-    classes = datamodule.classes
-
     ckpt_path = _resolve_ckpt_path(cfg)
+    # resuming: the data set's categories are matched to the checkpoint's classes by name
+    resumed_classes = read_checkpoint(ckpt_path)["hyper_parameters"]["classes"] if ckpt_path else None
+    datamodule = instantiate(cfg.data, _convert_="all", classes=resumed_classes)
+    datamodule.prepare_data()
+    try:
+        datamodule.setup("fit")  # validates the data set now, before any model is built
+    except ClassMismatchError as e:
+        if not ckpt_path:
+            raise
+        raise ClassMismatchError(
+            f"cannot resume {ckpt_path}: {e}. To train on a new class list, start a new run with init_from={ckpt_path}"
+        ) from None
+    classes = datamodule.classes
     module = build_module(cfg, classes, ckpt_path)
 
     callbacks: list[Callback] = _instantiate_all(cfg.get("callbacks"))
@@ -130,11 +150,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 
+    # only now, with every input checked, is anything written to the run folder
+    make_dir(output_dir)
+    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     log.info("Output: %s", output_dir)
     for lg in loggers:
         log.info("Logs (%s): %s", type(lg).__name__, lg.log_dir)
     log.info("Checkpoints: %s", cfg.checkpoint.dirpath)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": module, "trainer": trainer, "callbacks": callbacks}
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as e:  # Lightning's answer to Ctrl-C (exit 1) and SIGTERM, after last.ckpt was written
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        signame = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+        raise TrainingInterrupted(signame, objects) from e
     if cfg.get("final_full_validation") and trainer.limit_val_batches != 1.0 and not trainer.interrupted:
         # Rounds during training use a fixed subset (trainer.limit_val_batches); the last one sees it all.
         log.info("Final validation on the full validation split")
@@ -142,13 +172,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return metrics, {
-        "cfg": cfg,
-        "datamodule": datamodule,
-        "model": module,
-        "trainer": trainer,
-        "callbacks": callbacks,
-    }
+    return metrics, objects
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, float], best: dict[str, dict]) -> float | None:
@@ -165,7 +189,7 @@ _task_started = False
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@clear_errors(ConfigError, DataValidationError, CheckpointError, ConsistencyError, FileNotFoundError)
+@clear_errors(ConfigError, DataValidationError, CheckpointError, ConsistencyError, FileNotFoundError, OutputError)
 def main(cfg: DictConfig) -> float | None:
     global _task_started
     _task_started = True
@@ -173,12 +197,18 @@ def main(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     try:
         metrics, objects = train(cfg)
+    except TrainingInterrupted as e:
+        best = best_values(e.objects["callbacks"])
+        write_job_summary(cfg.paths.output_dir, overrides=overrides, status="interrupted", best=best, error=str(e))
+        log.warning("%s; resume with ckpt_path=last paths.output_dir=%s", e, cfg.paths.output_dir)
+        sys.exit(e.exit_code)
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
-        # In a sweep a failed job is recorded and the others go on.
+        # In a sweep a failed job is recorded (in its own folder, not in another run's) and the others go on.
         log.exception("job failed: %s", " ".join(overrides))
-        write_job_summary(cfg.paths.output_dir, overrides=overrides, status="failed", error=repr(e))
+        if not isinstance(e, RunFolderInUse):
+            write_job_summary(cfg.paths.output_dir, overrides=overrides, status="failed", error=repr(e))
         return float("nan")
     best = best_values(objects["callbacks"])
     write_job_summary(cfg.paths.output_dir, overrides=overrides, status="completed", best=best)

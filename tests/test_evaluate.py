@@ -60,3 +60,44 @@ def test_evaluate_results_on_plate_data_reads_plates(synth_dir, tmp_path):
     assert report["mAP"] == pytest.approx(1.0)
     assert report["segm_mAP"] is None and report["dv_mAP"] is None  # boxes only
     assert report["EIR"] == 1.0 and report["plate_precision"] == 1.0
+
+
+def _renumbered(src, dst, *, rename=None):
+    """``src``'s val.json with its categories listed in reverse and given other ids (and ``rename``d)."""
+    data = json.loads((src / "val.json").read_text())
+    new_id = {c["id"]: 100 + 7 * i for i, c in enumerate(reversed(data["categories"]))}
+    data["categories"] = [{**c, "id": new_id[c["id"]]} for c in reversed(data["categories"])]
+    for c in data["categories"]:
+        c["name"] = (rename or {}).get(c["name"], c["name"])
+    for a in data["annotations"]:
+        a["category_id"] = new_id[a["category_id"]]
+    dst.mkdir()
+    (dst / "val.json").write_text(json.dumps(data))
+    (dst / "images").symlink_to(src / "images")
+    return dst
+
+
+def _evaluate_on(tmp_path, ckpt, root, report):
+    return subprocess.run(
+        [sys.executable, "-m", "lpr.evaluate", f"ckpt_path={ckpt}", "data=coco", f"data.root={root}",
+         "data.val_json=val.json", f"report={report}", "pr_curves=false"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_categories_are_matched_by_name_whatever_their_order_and_ids(fast_run, synth_dir, tmp_path):
+    ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
+    same = _evaluate_on(tmp_path, ckpt, synth_dir, tmp_path / "same.json")
+    reordered = _renumbered(synth_dir, tmp_path / "reordered")
+    moved = _evaluate_on(tmp_path, ckpt, reordered, tmp_path / "moved.json")
+    assert same.returncode == 0 and moved.returncode == 0, same.stderr[-2000:] + moved.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("same", "moved"))
+    assert a["plate_counts"]["gt"] > 0 and a["plate_counts"] == b["plate_counts"]
+    for key in ("mAP", "segm_mAP", "dv_mAP", "EIR"):
+        assert a[key] == pytest.approx(b[key], abs=1e-9), key
+    assert a["per_class"] == b["per_class"]  # per class by name, the same numbers
+
+    other = _renumbered(synth_dir, tmp_path / "other", rename={"l_board": "board"})
+    proc = _evaluate_on(tmp_path, ckpt, other, tmp_path / "other.json")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "not among the model's ['board'], missing from the data set ['l_board']" in proc.stderr

@@ -3,6 +3,7 @@ uninterrupted run ends; a checkpoint write never leaves a truncated file in plac
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,6 @@ def _cmd(out, data, *extra):
         "checkpoint.monitor=[]",
         "callbacks.progress.every_n_steps=1",
         f"paths.output_dir={out}",
-        f"hydra.run.dir={out}",
         f"paths.data_dir={data}",
         *extra,
     ]
@@ -45,6 +45,12 @@ def test_sigterm_saves_last_and_resume_reaches_the_same_step(tmp_path):
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+    assert proc.returncode == 143, log.read_text()[-3000:]  # as a shell reports a SIGTERM'd process
+    assert "Traceback" not in log.read_text()
+    summary = json.loads((out / "job_summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    assert "step 9/" in (out / "train.log").read_text(), "the log is in the run's folder"
+    assert not (tmp_path / "outputs").exists(), "and no other run folder was made"
     last = out / "checkpoints" / "last.ckpt"
     assert last.is_file(), log.read_text()[-3000:]
     interrupted_at = torch.load(last, weights_only=True)["global_step"]
@@ -53,10 +59,27 @@ def test_sigterm_saves_last_and_resume_reaches_the_same_step(tmp_path):
 
     resumed = subprocess.run(_cmd(out, data, "ckpt_path=last"), cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "job_summary.json").read_text())["status"] == "completed"
+    assert f"step {STEPS}/" in (out / "train.log").read_text(), "the resumed run's log goes on in the same file"
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == STEPS  # what an uninterrupted run of the same length ends with
     assert final["optimizer_states"][0]["state"], "optimizer state carried over"
     assert final["lr_schedulers"][0]["last_epoch"] == STEPS
+
+
+def test_ctrl_c_exits_130_with_an_interrupted_summary(tmp_path):
+    out, log = tmp_path / "run", tmp_path / "train.out"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(_cmd(out, tmp_path / "data"), cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and "step 3/" not in log.read_text():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    summary = json.loads((out / "job_summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGINT" in summary["error"]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -16,7 +16,15 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from lpr.data.validate import bbox_xywh_to_xyxy, class_names, load_coco_json, read_image_bgr, validate_coco
+from lpr.data.validate import (
+    MAX_IMAGE_PIXELS,
+    bbox_xywh_to_xyxy,
+    class_names,
+    load_coco_json,
+    match_classes,
+    read_image_bgr,
+    validate_coco,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,11 @@ class CocoInstances(Dataset):
         image_root: folder the ``file_name`` of each image is relative to.
         transforms: a ``torchvision.transforms.v2`` transform applied to
             ``(tv_tensors.Image, target)``; ``None`` for none.
-        check_images: passed to :func:`lpr.data.validate.validate_coco`.
+        check_images, max_pixels, allow_outside_root: passed to
+            :func:`lpr.data.validate.validate_coco`.
+        classes: the model's class list; the categories are matched to it by name, in any order
+            and with any ids (label ``i + 1`` is ``classes[i]``). ``None``: the category names
+            sorted by id.
 
     Raises:
         DataValidationError: the JSON or the images break the contract (see
@@ -71,14 +83,28 @@ class CocoInstances(Dataset):
         transforms: Callable | None = None,
         *,
         check_images: str = "full",
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        allow_outside_root: bool = False,
+        classes: list[str] | None = None,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
         self.coco = load_coco_json(self.ann_file)
-        validate_coco(self.coco, self.image_root, source=str(self.ann_file), check_images=check_images)
-        self.classes = class_names(self.coco)
-        self._label_of = {c["id"]: i + 1 for i, c in enumerate(sorted(self.coco["categories"], key=lambda c: c["id"]))}
+        validate_coco(
+            self.coco,
+            self.image_root,
+            source=str(self.ann_file),
+            check_images=check_images,
+            max_pixels=max_pixels,
+            allow_outside_root=allow_outside_root,
+        )
+        names = class_names(self.coco)
+        if classes is not None:
+            match_classes(names, list(classes), str(self.ann_file))
+        self.classes = list(classes) if classes is not None else names
+        label = {name: i + 1 for i, name in enumerate(self.classes)}
+        self._label_of = {c["id"]: label[c["name"]] for c in self.coco["categories"]}
         self.images = self.coco["images"]
         self._anns: dict[int, list[dict]] = defaultdict(list)
         for ann in self.coco["annotations"]:

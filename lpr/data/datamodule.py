@@ -10,7 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from lpr.data.coco import CocoInstances, collate
-from lpr.data.validate import DataValidationError, class_names, load_coco_json
+from lpr.data.validate import MAX_IMAGE_PIXELS, DataValidationError, class_names, load_coco_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ class CocoDataModule(L.LightningDataModule):
             ``train_json`` yet, the synthetic set is generated there first.
         check_images: how deeply images are checked at setup
             (``"full"``, ``"header"`` or ``"none"``).
+        max_image_pixels: the largest image (width x height) a split may hold; ``None``: no limit.
+        allow_outside_root: read images whose ``file_name`` is absolute or leads out of their
+            image root with ``..`` (refused by default).
+        classes: the model's class list (a checkpoint's, when evaluating or resuming); every
+            split's categories are matched to it by name, in any order and with any ids.
+            ``None``: the training split's names sorted by category id, the other splits
+            matched to them by name.
 
     Raises:
         DataValidationError: at ``setup`` when a split breaks the data contract,
@@ -59,6 +66,9 @@ class CocoDataModule(L.LightningDataModule):
         val_transforms: Callable | None = None,
         synthesize: dict | None = None,
         check_images: str = "full",
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        allow_outside_root: bool = False,
+        classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -78,10 +88,11 @@ class CocoDataModule(L.LightningDataModule):
         self.val_transforms = val_transforms
         self.synthesize = dict(synthesize) if synthesize else None
         self.check_images = check_images
+        self.max_image_pixels, self.allow_outside_root = max_image_pixels, allow_outside_root
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
         self.heldout_set: CocoInstances | None = None
-        self._classes: list[str] | None = None
+        self._classes: list[str] | None = list(classes) if classes is not None else None
 
     def prepare_data(self) -> None:
         """Generate the synthetic set on first use (Lightning runs this once per node)."""
@@ -111,24 +122,33 @@ class CocoDataModule(L.LightningDataModule):
 
     @property
     def classes(self) -> list[str]:
-        """Class names sorted by category id; label ``i + 1`` is ``classes[i]``."""
+        """The class list; label ``i + 1`` is ``classes[i]``: as given, else the training split's
+        category names sorted by id."""
         if self._classes is None:
             self._classes = class_names(load_coco_json(self.train_json))
         return self._classes
 
+    def _split(
+        self, ann_file: Path, image_root: Path, transforms: Callable | None, classes: list[str] | None
+    ) -> CocoInstances:
+        return CocoInstances(
+            ann_file,
+            image_root,
+            transforms,
+            check_images=self.check_images,
+            max_pixels=self.max_image_pixels,
+            allow_outside_root=self.allow_outside_root,
+            classes=classes,
+        )
+
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_set is None:
-            self.train_set = CocoInstances(
-                self.train_json, self.image_root, self.train_transforms, check_images=self.check_images
-            )
+            self.train_set = self._split(self.train_json, self.image_root, self.train_transforms, self._classes)
+            self._classes = self.train_set.classes  # the other splits are matched to it by name
         if stage in ("fit", "validate", None) and self.val_set is None:
-            self.val_set = CocoInstances(
-                self.val_json, self.val_image_root, self.val_transforms, check_images=self.check_images
-            )
+            self.val_set = self._split(self.val_json, self.val_image_root, self.val_transforms, self.classes)
         if stage in ("fit", "validate", None) and self.heldout_set is None and self.has_heldout:
-            self.heldout_set = CocoInstances(
-                self.heldout_json, self.val_image_root, self.val_transforms, check_images=self.check_images
-            )
+            self.heldout_set = self._split(self.heldout_json, self.val_image_root, self.val_transforms, self.classes)
         for split in (self.train_set, self.val_set, self.heldout_set):
             if split is not None and split.classes != self.classes:
                 raise DataValidationError(

@@ -17,10 +17,13 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from lpr.outputs import OutputError, make_dir, write_text
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     classes = args.classes.split(",") if args.classes else None
     result = convert(args.input_dir, classes=classes, val_fraction=args.val_fraction, seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = make_dir(args.out)
+        written = {split: write_text(out / f"{split}.json", json.dumps(coco)) for split, coco in result.items()}
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     for split, coco in result.items():
-        path = out / f"{split}.json"
-        path.write_text(json.dumps(coco))
+        path = written[split]
         print(f"wrote {path}: {len(coco['images'])} images, {len(coco['annotations'])} annotations")
 
 

@@ -7,6 +7,8 @@ file, image and annotation ids, so a user can fix the data set in one pass.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,10 +18,15 @@ import numpy as np
 
 BOX_TOLERANCE = 1.0  # pixels: annotation tools round coordinates
 MAX_LISTED = 20
+MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo is 0.5 GB as a float tensor, before masks and the model
 
 
 class DataValidationError(ValueError):
     """A data set does not satisfy the COCO contract lpr relies on."""
+
+
+class ClassMismatchError(DataValidationError):
+    """A data set's category names are not the model's class names."""
 
 
 def load_coco_json(path: str | Path) -> dict:
@@ -53,8 +60,8 @@ def _check_segmentation(seg, ann_id, width: int, height: int) -> str | None:
             if not isinstance(poly, list) or len(poly) % 2 or len(poly) < 6:
                 n = len(poly) / 2 if isinstance(poly, list) else "?"
                 return f"annotation {ann_id}: polygon with {n} points (need >= 3 (x, y) pairs)"
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly):
-                return f"annotation {ann_id}: polygon coordinates must be numbers"
+            if not all(is_number(v) for v in poly):
+                return f"annotation {ann_id}: polygon coordinates must be finite numbers"
         return None
     if isinstance(seg, dict):
         size = seg.get("size")
@@ -116,7 +123,15 @@ def _image_problem(path: Path, width: int, height: int, full: bool) -> str | Non
     return None
 
 
-def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>", check_images: str = "full") -> None:
+def validate_coco(
+    data: dict,
+    image_root: str | Path,
+    *,
+    source: str = "<json>",
+    check_images: str = "full",
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    allow_outside_root: bool = False,
+) -> None:
     """Raise one ``DataValidationError`` listing every problem of a COCO data set.
 
     Args:
@@ -125,10 +140,14 @@ def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>",
         source: the JSON file name, for messages.
         check_images: ``"full"`` decodes every image (finds truncated files),
             ``"header"`` only reads sizes, ``"none"`` skips image files.
+        max_pixels: the largest image (width x height) allowed; ``None`` for no limit.
+        allow_outside_root: accept a ``file_name`` that is absolute or leads out of
+            ``image_root`` with ``..`` (refused by default: a typo or a foreign file).
 
     Raises:
         DataValidationError: empty split, duplicate ids, unknown category or image ids,
-            bad polygons/RLE, boxes outside the image, missing or unreadable images.
+            numbers that are not finite, bad polygons/RLE, boxes outside the image, images
+            over ``max_pixels`` or outside ``image_root``, missing or unreadable images.
     """
     if check_images not in ("full", "header", "none"):
         raise ValueError(f"check_images must be 'full', 'header' or 'none', got {check_images!r}")
@@ -146,6 +165,8 @@ def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>",
             _is_int(im.get("width")) and _is_int(im.get("height")) and isinstance(im.get("file_name"), str)
         ):
             problems.append(f"image {im.get('id')}: needs integer 'width', 'height' and a 'file_name'")
+        elif isinstance(im, dict):
+            problems += _image_entry_problems(im, Path(image_root), max_pixels, allow_outside_root)
     for c in categories:
         if isinstance(c, dict) and not isinstance(c.get("name"), str):
             problems.append(f"category {c.get('id')}: needs a string 'name', got {c.get('name')!r}")
@@ -174,8 +195,17 @@ def validate_coco(data: dict, image_root: str | Path, *, source: str = "<json>",
             problems.append(f"annotation {aid} ({im.get('file_name')}): unknown category id {ann.get('category_id')}")
         w, h = im.get("width", 0), im.get("height", 0)
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
-            problems.append(f"annotation {aid} ({im.get('file_name')}): bbox must be [x, y, w, h], got {bbox}")
+        for key in ("area", "score"):
+            if key in ann and not is_number(ann[key]):
+                problems.append(
+                    f"annotation {aid} ({im.get('file_name')}): '{key}' must be a finite number, got {ann[key]}"
+                )
+        if ann.get("iscrowd", 0) not in (0, 1):
+            problems.append(f"annotation {aid} ({im.get('file_name')}): 'iscrowd' must be 0 or 1, got {ann['iscrowd']}")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+            problems.append(
+                f"annotation {aid} ({im.get('file_name')}): bbox must be 4 finite numbers [x, y, w, h], got {bbox}"
+            )
         else:
             x, y, bw, bh = bbox
             if bw <= 0 or bh <= 0:
@@ -202,10 +232,57 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def is_number(v) -> bool:
+    """An int or a finite float (JSON's NaN and Infinity, which Python reads, are not)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _image_entry_problems(im: dict, root: Path, max_pixels: int | None, allow_outside_root: bool) -> list[str]:
+    """What is wrong with one image entry's size and ``file_name``, before any file is opened."""
+    problems = []
+    w, h, name = im["width"], im["height"], im["file_name"]
+    if w <= 0 or h <= 0:
+        problems.append(f"image {im['id']} ({name}): size {w}x{h} must be positive")
+    elif max_pixels is not None and w * h > max_pixels:
+        problems.append(
+            f"image {im['id']} ({name}): {w}x{h} is {w * h / 1e6:.3g} MP, more than the {max_pixels / 1e6:g} MP "
+            "allowed (data.max_image_pixels): downscale it and its annotations, or raise the limit"
+        )
+    if not allow_outside_root and not inside(root, name):
+        problems.append(
+            f"image {im['id']}: file_name {name!r} lies outside the image root {root} "
+            "(set data.allow_outside_root=true to read it anyway)"
+        )
+    return problems
+
+
+def inside(root: Path, name: str) -> bool:
+    """Whether ``root / name`` stays under ``root`` as written (an absolute ``name`` or one climbing
+    out with ``..`` does not; symbolic links are not followed: a folder of links is a valid root)."""
+    root_path = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.abspath(root / name))
+    return os.path.commonpath([root_path, path]) == root_path
+
+
 def _raise(source: str, problems: list[str]) -> None:
     listed = "\n  - ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     raise DataValidationError(f"{source}: {len(problems)} problem(s) in the data set:\n  - {listed}{more}")
+
+
+def match_classes(names: list[str], classes: list[str], source: str) -> None:
+    """Raise unless a data set's category ``names`` are the model's ``classes`` in some order.
+
+    Raises:
+        ClassMismatchError: listing the names only the data set has and those it lacks.
+    """
+    extra = [n for n in names if n not in classes]
+    missing = [n for n in classes if n not in names]
+    if extra or missing:
+        raise ClassMismatchError(
+            f"{source}: the categories differ from the model's classes (matched by name, in any order "
+            f"and with any ids): not among the model's {extra}, missing from the data set {missing}"
+        )
 
 
 def class_names(data: dict) -> list[str]:

@@ -9,6 +9,7 @@ from lpr.data.synth.dataset import generate
 from lpr.data.synth.fonts import DEFAULT_HANGUL, SynthError
 from lpr.data.synth.preview import contact_sheet
 from lpr.data.synth.scene import Styles
+from lpr.outputs import OutputError
 
 
 def _hangul(value: str) -> dict[str, str]:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             progress=True,
         )
-    except (SynthError, ValueError) as err:
+    except (SynthError, OutputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print("wrote " + ", ".join(f"{paths[s]}" for s in paths if s != "images"))

@@ -16,6 +16,7 @@ from lpr.data.synth.camera import jpeg_quality
 from lpr.data.synth.fonts import SynthError
 from lpr.data.synth.plate import CATEGORY_ID, PLATE_CLASSES
 from lpr.data.synth.scene import HELDOUT_FACES, HELDOUT_SCHEMES, Styles, bbox, render_image
+from lpr.outputs import OutputError, make_dir
 
 SPLITS = ("train", "val", "val_heldout")  # val_heldout: styles held out of train and val
 
@@ -145,13 +146,17 @@ def generate(
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    make_dir(out.parent, "data folder")
+    make_dir(tmp, "data folder")
     counts = {"train": train, "val": val, "val_heldout": heldout}
     try:
         for split in SPLITS:
             if counts[split]:
                 _write_split(tmp, split, counts[split], styles=pools[split], settings=settings, workers=workers,
                              progress=progress)  # fmt: skip
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write the synthetic set to {out}: {e.strerror or e}") from None
     except BaseException:  # a failed or interrupted run leaves nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from lpr.data.synth.scene import Styles, render_image
+from lpr.outputs import make_dir, write_image
 
 # BGR colours of the drawn polygons: characters, text regions, boards
 _COLOURS = {"char": (0, 220, 255), "region": (255, 160, 0), "board": (0, 255, 0)}
@@ -49,8 +50,5 @@ def contact_sheet(
     blank = np.full_like(tiles[0], 255)
     tiles += [blank] * (-len(tiles) % columns)
     rows = [np.hstack(tiles[r : r + columns]) for r in range(0, len(tiles), columns)]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), np.vstack(rows)):
-        raise OSError(f"could not write {out}")
-    return out
+    make_dir(Path(path).parent)
+    return write_image(path, np.vstack(rows))
