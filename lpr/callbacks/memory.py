@@ -126,10 +126,11 @@ class MemoryGuard(Callback):
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, where: str) -> str | None:
         """Read, log, warn; returns ``"stop"``, ``"skip"`` or None."""
         reading = self.reader()
-        pl_module.log("mem/ram_percent", reading.ram_percent)
-        pl_module.log("mem/rss_gb", reading.rss_gb)
+        # batch_size=1: readings, not per-image values; over a validation round each counts once
+        pl_module.log("mem/ram_percent", reading.ram_percent, batch_size=1)
+        pl_module.log("mem/rss_gb", reading.rss_gb, batch_size=1)
         if reading.gpu_percent is not None:
-            pl_module.log("mem/gpu_percent", reading.gpu_percent)
+            pl_module.log("mem/gpu_percent", reading.gpu_percent, batch_size=1)
         if self._decide(trainer, reading, self.stop_percent):
             self.stop_reading = reading
             return "stop"
@@ -166,7 +167,7 @@ class MemoryGuard(Callback):
         elif action == "skip":
             self.skipped_batches += 1
             pl_module.skip_training_batch()
-            pl_module.log("mem/skipped_batches", float(self.skipped_batches))
+            pl_module.log("mem/skipped_batches", float(self.skipped_batches), batch_size=1)
 
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int, dataloader_idx: int = 0

@@ -120,7 +120,7 @@ class ProgressLog(Callback):
             self._train_steps += 1
             self.train_minutes += step_time / 60.0
         # x axis of learning curves: minutes of training, not of training + validation
-        pl_module.log("train/minutes", self.train_minutes)
+        pl_module.log("train/minutes", self.train_minutes, batch_size=1)
         if trainer.global_step % self.every_n_steps == 0 or trainer.global_step == trainer.max_steps:
             self._log_line(trainer)
 

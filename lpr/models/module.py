@@ -236,7 +236,8 @@ class MaskRCNNModule(L.LightningModule):
             values = self.compute_metrics(split)
             for key, value in values.items():
                 if value is not None:
-                    self.log(f"{VAL_PREFIXES[split]}/{key}", float(value))
+                    # one value for the whole round: nothing to average, so no batch size to guess from the last batch
+                    self.log(f"{VAL_PREFIXES[split]}/{key}", float(value), batch_size=1)
             self._print_summary(values, VAL_PREFIXES[split])
 
     @rank_zero_only
