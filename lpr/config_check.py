@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lpr.data.validate import is_number
 from lpr.models.module import LOSS_KEYS, VAL_KEYS, VAL_PREFIXES
 
 # Every key lpr logs: what checkpoint.monitor may name.
@@ -68,14 +69,10 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 # (key, predicate, what is allowed); a key absent from the config is not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("model.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
-    ("model.optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("model.optimizer.lr", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("model.optimizer.weight_decay", lambda v: is_number(v) and v >= 0, "a number >= 0"),
     ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("data.check_images", lambda v: v in ("full", "header", "none"), "'full', 'header' or 'none'"),
@@ -85,9 +82,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
     ("model.metrics.dv.k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("model.metrics.dv.min_points", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("model.metrics.plates.score_thr", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("model.metrics.plates.char_nms_iou", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("model.net.anchor_scale", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("model.metrics.plates.score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.metrics.plates.char_nms_iou", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.net.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
 ]
 
@@ -140,7 +137,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     memory = OmegaConf.select(cfg, "callbacks.memory", default=None)
     if memory:
         w, s, t = (memory.get(k) for k in ("warn_percent", "skip_percent", "stop_percent"))
-        if not all(_is_number(v) for v in (w, s, t)) or not 0 < w <= s < t <= 100:
+        if not all(is_number(v) for v in (w, s, t)) or not 0 < w <= s < t <= 100:
             problems.append(
                 f"callbacks.memory warn_percent={w}, skip_percent={s}, stop_percent={t}: "
                 "need 0 < warn_percent <= skip_percent < stop_percent <= 100"
