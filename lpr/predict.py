@@ -1,4 +1,6 @@
-"""Reading plates: ``python -m lpr.predict ckpt_path=CKPT input=IMAGE_OR_DIR output=DIR``.
+"""Reading plates: ``python -m lpr.predict ckpt_path=CKPT input=IMAGE_OR_DIR output=DIR``
+or ``model=model.onnx``: ``ckpt_path`` (``model`` is another name for it) reads a checkpoint or,
+by its ``.onnx`` suffix, an export of one (``python -m lpr.export``, run by onnxruntime).
 
 For each image, ``DIR/<stem>.json`` (detections and plate readings) and
 ``DIR/<stem>.jpg`` (masks, boxes, labels and plate text drawn), in the input
@@ -27,8 +29,10 @@ from lpr.checkpoint import CheckpointError
 from lpr.config_check import clear_errors
 from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
+from lpr.onnx_reader import OnnxModelError
 from lpr.outputs import OutputError, make_dir, write_image, write_text
-from lpr.reader import PlateReader, UnreadableImageError, load_image
+from lpr.reader import PlateReader
+from lpr.results import ReaderBase, UnreadableImageError, load_image
 
 log = logging.getLogger("lpr.predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -87,7 +91,7 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 
 def predict(
-    reader: PlateReader,
+    reader: ReaderBase,
     source: str | Path,
     output: str | Path,
     *,
@@ -151,9 +155,11 @@ def predict(
 def run(cfg: DictConfig) -> int:
     """The predict task behind the Hydra shell; returns the process exit code."""
     enlarge_onednn_cache()
-    reader = PlateReader.from_checkpoint(
-        cfg.ckpt_path, device=cfg.device, score_thr=cfg.get("score_thr"), max_side=cfg.max_side
-    )
+    options = {"device": cfg.device, "score_thr": cfg.get("score_thr"), "max_side": cfg.max_side}
+    if Path(cfg.ckpt_path).suffix.lower() == ".onnx":
+        reader: ReaderBase = PlateReader.from_onnx(cfg.ckpt_path, **options)
+    else:
+        reader = PlateReader.from_checkpoint(cfg.ckpt_path, **options)
     stats = predict(reader, cfg.input, cfg.output, batch_size=cfg.batch_size, draw=cfg.draw)
     print(
         f"{stats['images']} images, {stats['plates']} plates read, {len(stats['failed'])} failed, "
@@ -169,12 +175,19 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@clear_errors(CheckpointError, FileNotFoundError, OutputError)
+@clear_errors(CheckpointError, FileNotFoundError, OnnxModelError, OutputError)
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:
         sys.exit(code)
 
 
+def model_alias(argv: list[str]) -> list[str]:
+    """``model=PATH`` as ``ckpt_path=PATH``: on the command line Hydra would take ``model=`` for the
+    training configs' model group."""
+    return [f"ckpt_path={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv = model_alias(sys.argv)
     main()

@@ -1,7 +1,7 @@
-"""PlateReader: the Python API for reading plates with a trained checkpoint.
+"""PlateReader: the Python API for reading plates with a trained checkpoint (or its ONNX export).
 
 from lpr import PlateReader
-reader = PlateReader.from_checkpoint("best-val_EIR.ckpt")
+reader = PlateReader.from_checkpoint("best-val_EIR.ckpt")   # or PlateReader.from_onnx("model.onnx")
 result = reader("car.jpg")            # or a numpy image (BGR by default)
 print(result["plates"])               # [{"type", "text", "sub", "main", "box", "score"}]
 """
@@ -10,126 +10,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from lpr.checkpoint import load
-from lpr.data.validate import read_image_bgr
-from lpr.metrics.dv import boundary_polygon
-from lpr.plates import read_plates
+from lpr.onnx_reader import OnnxPlateReader
+from lpr.results import ReaderBase, UnreadableImageError, detections_to_result, load_image
 
-ImageInput = np.ndarray | str | os.PathLike
-
-
-class UnreadableImageError(OSError):
-    """An input file is missing, empty, or not a decodable image."""
+__all__ = ["PlateReader", "UnreadableImageError", "detections_to_result", "load_image"]  # the last three: lpr.results
 
 
-def load_image(image: ImageInput, *, color: str = "bgr") -> tuple[np.ndarray, str]:
-    """Any supported input as an RGB uint8 ``(H, W, 3)`` array and a display name.
-
-    Grayscale inputs are expanded to three channels and alpha channels dropped.
-
-    Args:
-        image: a path (jpg, png, bmp, webp, ...) or a ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` uint8 array.
-        color: channel order of array inputs, ``"bgr"`` (OpenCV) or ``"rgb"``.
-
-    Raises:
-        UnreadableImageError: the file is missing, empty or not an image.
-        ValueError: an array of another shape or dtype, or an unknown ``color``.
-    """
-    if color not in ("bgr", "rgb"):
-        raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        try:
-            array = read_image_bgr(path)
-        except OSError as e:
-            raise UnreadableImageError(str(e)) from None
-        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB), path.name
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) image, got {array.dtype} {array.shape}")
-    if array.ndim == 2 or array.shape[2] == 1:
-        return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2RGB), "<array>"
-    array = array[..., :3]
-    return (cv2.cvtColor(array, cv2.COLOR_BGR2RGB) if color == "bgr" else array.copy()), "<array>"
-
-
-def detections_to_result(
-    output: dict[str, torch.Tensor],
-    classes: Sequence[str],
-    *,
-    image: str,
-    width: int,
-    height: int,
-    score_thr: float = 0.5,
-    reading: dict | None = None,
-    scale: float = 1.0,
-) -> dict:
-    """One image's torchvision detections as the lpr result dict.
-
-    Args:
-        output: ``boxes`` (xyxy), ``labels``, ``scores``, optional ``masks`` ``(N, 1, H, W)``.
-        classes: class names (label ``i + 1`` is ``classes[i]``).
-        image, width, height: what the result describes (original pixels).
-        score_thr: detections below it are left out (and not read).
-        reading: the other plate-reading settings (:func:`lpr.plates.read_plates`).
-        scale: factor from model-input pixels back to original pixels.
-
-    Returns:
-        ``{image, width, height, detections: [{label, score, box, polygon}],
-        plates: [{type, text, sub, main, box, score}]}``.
-    """
-    scores = output["scores"].detach().cpu().numpy()
-    keep = scores >= score_thr
-    boxes = output["boxes"].detach().cpu().numpy()[keep].astype(np.float64)
-    labels = output["labels"].detach().cpu().numpy()[keep]
-    scores = scores[keep]
-    masks = output["masks"][keep][:, 0] >= 0.5 if "masks" in output else None
-    detections = []
-    for i in range(len(labels)):
-        polygon: list[list[float]] = []
-        if masks is not None:
-            x1, y1, x2, y2 = boxes[i]
-            h, w = masks.shape[-2:]
-            xa, ya = max(0, int(x1) - 4), max(0, int(y1) - 4)
-            xb, yb = min(w, int(np.ceil(x2)) + 5), min(h, int(np.ceil(y2)) + 5)
-            crop = masks[i, ya:yb, xa:xb].to(torch.uint8).cpu().numpy()
-            pts = boundary_polygon(crop, (xa, ya))
-            if len(pts) > 2:
-                pts = cv2.approxPolyDP(pts.reshape(-1, 1, 2).astype(np.int32), 1.0, True).reshape(-1, 2)
-                polygon = (pts * scale).round(1).tolist()
-        detections.append(
-            {
-                "label": classes[int(labels[i]) - 1],
-                "score": round(float(scores[i]), 4),
-                "box": (boxes[i] * scale).round(1).tolist(),
-                "polygon": polygon,
-            }
-        )
-    plates = [
-        {k: v for k, v in p.to_dict().items() if k != "center"}
-        for p in read_plates(boxes * scale, labels, scores, classes, **{**(reading or {}), "score_thr": score_thr})
-    ]
-    return {"image": image, "width": width, "height": height, "detections": detections, "plates": plates}
-
-
-class PlateReader:
+class PlateReader(ReaderBase):
     """Reads plates from images with a Mask R-CNN and its class list.
 
     Args:
         model: a torchvision Mask R-CNN (put in eval mode here).
         classes: its class names in label order.
         device: where the model runs.
-        score_thr: detections below it are dropped and not read.
-        reading: plate-reading settings (``char_nms_iou``, ``sub_pattern``, ``main_pattern``).
-        max_side: larger images are downscaled to this longest side first (results are in
-            original pixels); bounds memory for huge inputs.
+        score_thr, reading, max_side: as :class:`lpr.results.ReaderBase`.
 
     Example:
         >>> reader = PlateReader.from_checkpoint("best-val_EIR.ckpt")
@@ -146,18 +46,9 @@ class PlateReader:
         reading: dict | None = None,
         max_side: int = 2048,
     ) -> None:
-        if not 0.0 <= score_thr <= 1.0:
-            raise ValueError(f"score_thr must be in [0, 1], got {score_thr}")
-        if max_side < 32:
-            raise ValueError(f"max_side must be >= 32, got {max_side}")
+        super().__init__(classes, score_thr=score_thr, reading=reading, max_side=max_side)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.classes = list(classes)
-        self.score_thr = score_thr
-        self.reading = {
-            k: v for k, v in (reading or {}).items() if k in ("char_nms_iou", "sub_pattern", "main_pattern")
-        }
-        self.max_side = max_side
 
     @classmethod
     def from_checkpoint(
@@ -169,29 +60,15 @@ class PlateReader:
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
         return cls(loaded.model, loaded.classes, device=device, score_thr=thr, reading=reading, max_side=max_side)
 
-    def _prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, float]:
-        h, w = rgb.shape[:2]
-        scale = 1.0
-        if max(h, w) > self.max_side:
-            scale = max(h, w) / self.max_side
-            rgb = cv2.resize(rgb, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA)
-        tensor = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0)
-        return tensor, scale
+    @staticmethod
+    def from_onnx(
+        path: str | os.PathLike, *, device: str = "cpu", score_thr: float | None = None, max_side: int = 2048
+    ) -> OnnxPlateReader:
+        """A reader of the same API on an ONNX export (``python -m lpr.export``), run by onnxruntime."""
+        return OnnxPlateReader(path, device=device, score_thr=score_thr, max_side=max_side)
 
     @torch.inference_mode()
-    def read(self, images: Sequence[ImageInput], *, color: str = "bgr") -> list[dict]:
-        """Results for several images in one forward pass (see :func:`detections_to_result`)."""
-        loaded = [load_image(im, color=color) for im in images]
-        prepared = [self._prepare(rgb) for rgb, _ in loaded]
-        outputs = self.model([t for t, _ in prepared])
-        return [
-            detections_to_result(
-                out, self.classes, image=name, width=rgb.shape[1], height=rgb.shape[0],
-                score_thr=self.score_thr, reading=self.reading, scale=scale,
-            )
-            for out, (rgb, name), (_, scale) in zip(outputs, loaded, prepared, strict=True)
-        ]  # fmt: skip
-
-    def __call__(self, image: ImageInput, *, color: str = "bgr") -> dict:
-        """The result dict of one image (a path, or a numpy array in ``color`` order)."""
-        return self.read([image], color=color)[0]
+    def detect(self, images: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        """The model's detections of RGB uint8 images, in one forward pass."""
+        tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
+        return self.model(tensors)

@@ -1,6 +1,11 @@
 """Predict overhead: ``lpr.predict`` per image vs the bare model forward on the same images.
 
     python scripts/bench_predict.py --ckpt CKPT [--images 30] [--repeats 5] [--threads 2] [--batch-size 1]
+    python scripts/bench_predict.py --ckpt CKPT --onnx MODEL.onnx [--images 75]
+
+With ``--onnx`` (an export of the checkpoint, ``python -m lpr.export``): ``lpr.predict`` with the
+export on onnxruntime vs with the checkpoint on PyTorch, side by side, and how their results agree
+(plate texts, detections matched by label and box, the largest box and score differences).
 
 lpr: :func:`lpr.predict.predict` on a folder of synthetic plate images: file
 read and decode, preprocessing, forward, plate reading, polygons, drawing and
@@ -22,6 +27,7 @@ import torch
 
 from lpr.data.coco import read_image_rgb
 from lpr.data.synth import generate
+from lpr.export import compare
 from lpr.hardware import enlarge_onednn_cache
 from lpr.predict import predict
 from lpr.reader import PlateReader
@@ -34,7 +40,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--onnx", help="an export of the checkpoint: predict with it vs with the checkpoint")
     args = parser.parse_args()
+    if args.onnx:
+        return onnx_vs_torch(args)
     enlarge_onednn_cache()  # as lpr.predict does
     torch.set_num_threads(args.threads)
     reader = PlateReader.from_checkpoint(args.ckpt)
@@ -74,6 +83,45 @@ def main() -> None:
     print(f"bare model forward: {b * 1000:.1f} ms/image (median)")
     print(f"lpr.predict:        {f * 1000:.1f} ms/image (median; read, forward, reading, drawing, JSON)")
     print(f"ratio predict / bare: {ratio:.3f} (median of the per-repeat ratios; ratio of the medians {f / b:.3f})")
+
+
+def onnx_vs_torch(args: argparse.Namespace) -> None:
+    enlarge_onednn_cache()
+    torch.set_num_threads(args.threads)
+    readers = {"PyTorch": PlateReader.from_checkpoint(args.ckpt), "onnxruntime": PlateReader.from_onnx(args.onnx)}
+    times: dict[str, list[float]] = {name: [] for name in readers}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = generate(Path(tmp) / "set", train=0, val=args.images, seed=5)
+        folder = paths["images"] / "val"
+
+        def full(name: str) -> float:
+            stats = predict(readers[name], folder, Path(tmp) / name, batch_size=args.batch_size, verbose=False)
+            return stats["seconds"] / stats["images"]
+
+        for name in readers:  # warm-up
+            full(name)
+        for r in range(args.repeats):
+            for name in readers:
+                times[name].append(full(name))
+            pt, ox = times["PyTorch"][-1] * 1000, times["onnxruntime"][-1] * 1000
+            print(f"repeat {r + 1}: PyTorch {pt:.0f} ms/image, onnxruntime {ox:.0f} ms/image, ratio {ox / pt:.3f}")
+        images = [read_image_rgb(f) for f in sorted(folder.iterdir())]
+        agree = compare(readers["PyTorch"], readers["onnxruntime"], images)
+    pt, ox = (statistics.median(times[name]) for name in readers)
+    ratio = statistics.median(o / p for p, o in zip(times["PyTorch"], times["onnxruntime"], strict=True))
+    print(
+        f"config: {args.images} synthetic 384x288 images (validation styles, seed 5), PyTorch batch "
+        f"{args.batch_size} and {args.threads} threads, onnxruntime one image a run with its default threads, "
+        f"{args.repeats} repeats alternating; checkpoint {args.ckpt}, export {args.onnx}"
+    )
+    print(f"lpr.predict on PyTorch:     {pt * 1000:.1f} ms/image (median; read, forward, reading, drawing, JSON)")
+    print(f"lpr.predict on onnxruntime: {ox * 1000:.1f} ms/image (median)")
+    print(f"ratio onnxruntime / PyTorch: {ratio:.3f} (median of the per-repeat ratios)")
+    print(
+        f"agreement: {agree['same_plates']}/{agree['plates']} plates read alike, {agree['detections']} detections, "
+        f"{agree['unmatched_detections']} unmatched; boxes within {agree['max_box_diff']:.3f} px, "
+        f"scores within {agree['max_score_diff']:.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lpr.draw import draw_result
-from lpr.reader import detections_to_result
+from lpr.results import detections_to_result
 
 
 class ValidationImages(Callback):

@@ -40,6 +40,8 @@ and the reader alone names them.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -81,10 +83,25 @@ def suppress_covered(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -
     more than ``thresh`` of whose own area lies inside one kept box of a higher score."""
     order = scores.argsort(descending=True)
     covered = covered_share(boxes[order]) > thresh
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    for i in range(1, len(order)):
-        keep[i] = not bool((covered[i, :i] & keep[:i]).any())
-    return order[keep]
+    # traced for an ONNX export, the loop runs scripted, so that the graph keeps it as a loop
+    # instead of unrolling it for the box count of the example image
+    greedy = _scripted_greedy_keep() if torch.jit.is_tracing() else greedy_keep
+    return order[greedy(covered)]
+
+
+def greedy_keep(covered: torch.Tensor) -> torch.Tensor:
+    """Which boxes (best first) a greedy pass keeps, where ``covered[i, j]`` drops box ``i`` if box ``j`` is kept."""
+    keep = torch.ones(covered.shape[0], dtype=torch.bool, device=covered.device)
+    for i in range(1, covered.shape[0]):
+        keep[i] = ~(covered[i, :i] & keep[:i]).any()
+    return keep
+
+
+@functools.cache
+def _scripted_greedy_keep() -> Callable[[torch.Tensor], torch.Tensor]:
+    with warnings.catch_warnings():  # TorchScript is deprecated, and still what torch's ONNX exporter reads loops from
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(greedy_keep)
 
 
 def square_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
@@ -172,8 +189,6 @@ class CharReader(nn.Module):
     def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """All images' boxes concatenated: the label of each box's most likely character, and the
         probability that it is a character at all (1 without ``background``)."""
-        if sum(len(b) for b in boxes) == 0:
-            return self.char_labels.new_zeros(0), torch.zeros(0, device=images.device)
         probs = F.softmax(self(images, boxes).float(), -1)
         n = len(self.char_labels)
         return self.char_labels[probs[:, :n].argmax(1)], probs[:, :n].sum(1)
@@ -272,13 +287,13 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
         proposals: list[torch.Tensor],
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        cap, self.detections_per_img = self.detections_per_img, len(class_logits) * class_logits.shape[1]
+        cap, self.detections_per_img = self.detections_per_img, class_logits.shape[0] * class_logits.shape[1]
         try:  # uncapped: the per-class character detections must not crowd out the other classes' ones
             others = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         finally:
             self.detections_per_img = cap
         chars = self._character_boxes(class_logits, box_regression, proposals, image_shapes)
-        sizes = [len(b) for b, _ in chars]
+        sizes = [b.shape[0] for b, _ in chars]  # shapes, not len(): an ONNX export keeps them dynamic
         labels, reader_charness = self.reader.read(self._images, [b for b, _ in chars])
         out: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
         self._labels = []
@@ -296,7 +311,7 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
             # the mask channel: the reader's class, or with agnostic the one all characters trained
             mask_classes = classes.clone()
             if self.agnostic:
-                mask_classes[len(mask_classes) - len(char_classes) :] = self.reader.char_labels[0]
+                mask_classes[mask_classes.shape[0] - char_classes.shape[0] :] = self.reader.char_labels[0]
             keep = scores.argsort(descending=True)[: self.detections_per_img]
             keep = keep[scores[keep] > self.score_thresh]
             for lst, value in zip(out, (boxes[keep], scores[keep], mask_classes[keep]), strict=True):
@@ -315,11 +330,11 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
         char_labels = self.reader.char_labels
         probs = F.softmax(class_logits, -1)[:, char_labels]
         charness = probs.sum(1)
-        box_class = char_labels[0].expand(len(probs)) if self.agnostic else char_labels[probs.argmax(1)]
+        box_class = char_labels[0].expand(probs.shape[0]) if self.agnostic else char_labels[probs.argmax(1)]
         boxes = self.box_coder.decode(box_regression, proposals)  # (N, classes, 4)
-        boxes = boxes[torch.arange(len(boxes), device=boxes.device), box_class]
+        boxes = boxes[torch.arange(boxes.shape[0], device=boxes.device), box_class]
         out = []
-        sizes = [len(p) for p in proposals]
+        sizes = [p.shape[0] for p in proposals]
         for b, s, shape in zip(boxes.split(sizes), charness.split(sizes), image_shapes, strict=True):
             b = clip_boxes_to_image(b, shape)
             keep = torch.where(s > self.score_thresh)[0]

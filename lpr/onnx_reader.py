@@ -1,0 +1,149 @@
+"""Reading plates with an ONNX export of a checkpoint, on onnxruntime, without PyTorch.
+
+``python -m lpr.export ckpt_path=CKPT output=model.onnx`` writes the file; its
+metadata carry the class names and the plate-reading settings, so the file alone
+is enough::
+
+    from lpr.onnx_reader import OnnxPlateReader      # or lpr.PlateReader.from_onnx
+    reader = OnnxPlateReader("model.onnx")
+    reader("car.jpg")["plates"]
+
+The graph (see :mod:`lpr.export`) takes one RGB image, float ``(3, H, W)`` in
+[0, 1], and returns the detections in its pixels with the masks as the model's
+``M x M`` box masks; this module pastes them into the image the way the PyTorch
+model does (:mod:`lpr.models.paste`) and shares everything after that with
+:class:`lpr.reader.PlateReader` (:mod:`lpr.results`). Needs ``onnxruntime``
+(``pip install -e ".[onnx]"``); torch is not imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from lpr.results import ReaderBase
+
+FORMAT = "lpr-onnx/1"  # metadata "lpr_format" of an export this module reads
+INPUTS = ("image",)
+OUTPUTS = ("boxes", "labels", "scores", "masks", "scale")
+
+
+class OnnxModelError(ValueError):
+    """A file is missing, truncated, not an lpr export, or one onnxruntime cannot run."""
+
+
+def _interpolation_weights(lo: np.ndarray, length: np.ndarray, size: int, cells: int, scale: float) -> np.ndarray:
+    """``(N, size, cells)`` bilinear weights of the mask cells along one image axis (lpr.models.paste)."""
+    j = np.arange(size, dtype=np.float32)
+    u = (j[None, :] + 0.5 - 0.5 / scale - lo[:, None]) * cells / np.maximum(length, 1e-6)[:, None] - 0.5
+    i = np.arange(cells, dtype=np.float32)
+    return np.clip(1.0 - np.abs(u[:, :, None] - i[None, None, :]), 0.0, None)
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int], scale: np.ndarray) -> np.ndarray:
+    """Soft ``(N, 1, H, W)`` image masks from ``(N, 1, M, M)`` box masks, as :func:`lpr.models.paste.paste_masks`.
+
+    Args:
+        masks: the mask head's probabilities.
+        boxes: ``(N, 4)`` xyxy boxes in image pixels.
+        image_size: ``(H, W)``.
+        scale: ``(sy, sx)``, the model's resize (resized / original).
+    """
+    h, w = image_size
+    if len(masks) == 0:
+        return np.zeros((0, 1, h, w), np.float32)
+    m = masks.shape[-1]
+    boxes = boxes.astype(np.float32)
+    wy = _interpolation_weights(boxes[:, 1], boxes[:, 3] - boxes[:, 1], h, m, float(scale[0]))
+    wx = _interpolation_weights(boxes[:, 0], boxes[:, 2] - boxes[:, 0], w, m, float(scale[1]))
+    return (wy @ masks[:, 0].astype(np.float32) @ wx.transpose(0, 2, 1))[:, None]
+
+
+def _session(path: Path, device: str):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxModelError('reading an ONNX model needs onnxruntime: pip install -e ".[onnx]"') from None
+    available = ort.get_available_providers()
+    if device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise OnnxModelError(
+                f"device={device}: this onnxruntime has no CUDA provider (it has {', '.join(available)}); "
+                "install onnxruntime-gpu, or use device=cpu"
+            )
+        index = int(device.partition(":")[2] or 0)
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    else:
+        raise OnnxModelError(f"device must be cpu or cuda[:N] for an ONNX model, got {device!r}")
+    if not path.is_file():
+        raise OnnxModelError(f"ONNX model {path} does not exist" if not path.exists() else f"{path} is not a file")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the reasons below say what went wrong
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime's own error types, by what they say
+        text = str(e)
+        if "opset" in text.lower() or "not implemented" in text.lower():
+            sentences = re.split(r"(?<=\.)\s+", text.rpartition(" failed:")[2] or text)
+            said = [s for s in sentences if "::" not in s and ("opset" in s.lower() or "implemented" in s)]
+            said = " ".join(said) or text
+            why = f"uses operators this onnxruntime {ort.__version__} cannot run (upgrade onnxruntime): {said.strip()}"
+        elif "protobuf" in text.lower() or "parse" in text.lower():
+            why = "is not a complete ONNX file (truncated or corrupt)"
+        else:
+            why = f"cannot be loaded by onnxruntime {ort.__version__}: {text}"
+        raise OnnxModelError(f"ONNX model {path} {why}") from None
+
+
+class OnnxPlateReader(ReaderBase):
+    """:class:`lpr.reader.PlateReader`'s API on an ONNX export, run by onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file written by ``python -m lpr.export``.
+        device: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` with onnxruntime-gpu.
+        score_thr: detections below it are dropped; ``None``: the threshold stored at export.
+        max_side: larger images are downscaled to this longest side first.
+
+    Raises:
+        OnnxModelError: the file is missing, truncated, not an lpr export, or not runnable here.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, device: str = "cpu", score_thr: float | None = None, max_side: int = 2048
+    ) -> None:
+        self.path = Path(path)
+        self.session = _session(self.path, str(device))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("lpr_format") != FORMAT:
+            found = f"format {meta['lpr_format']!r}" if "lpr_format" in meta else "no lpr metadata"
+            raise OnnxModelError(
+                f"ONNX model {self.path} is not an lpr export ({found}; this lpr reads {FORMAT!r}): "
+                "write one with python -m lpr.export ckpt_path=CKPT output=model.onnx"
+            )
+        names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
+        if names != (list(INPUTS), list(OUTPUTS)):
+            raise OnnxModelError(f"ONNX model {self.path} has inputs {names[0]} and outputs {names[1]}, "
+                                 f"not an lpr export's {list(INPUTS)} and {list(OUTPUTS)}")  # fmt: skip
+        self.meta = meta
+        reading = json.loads(meta["reading"])
+        thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
+        super().__init__(json.loads(meta["classes"]), score_thr=thr, reading=reading, max_side=max_side)
+
+    def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detections of RGB uint8 images, one run each; masks pasted for the boxes at ``score_thr`` or above
+        (the others are not read)."""
+        outputs = []
+        for rgb in images:
+            x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+            boxes, labels, scores, masks, scale = self.session.run(list(OUTPUTS), {"image": x})
+            keep = scores >= self.score_thr
+            boxes, labels, scores, masks = boxes[keep], labels[keep], scores[keep], masks[keep]
+            pasted = paste_masks(masks, boxes, rgb.shape[:2], scale)
+            outputs.append({"boxes": boxes, "labels": labels, "scores": scores, "masks": pasted})
+        return outputs

@@ -1,0 +1,168 @@
+"""ONNX export: the exported graph reads as the PyTorch model does, through the CLIs, and without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason='the ONNX export needs the extra: pip install -e ".[onnx]"')
+ort = pytest.importorskip("onnxruntime", reason='the ONNX reader needs the extra: pip install -e ".[onnx]"')
+
+from lpr.checkpoint import load  # noqa: E402
+from lpr.export import InferenceGraph, example_images  # noqa: E402
+from lpr.onnx_reader import OnnxPlateReader  # noqa: E402
+from lpr.reader import PlateReader  # noqa: E402
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def spread_checkpoint(fast_run, tmp_path_factory) -> Path:
+    """The fast run's checkpoint with its weights drawn anew (seeded, batch-norm statistics kept) and its
+    classifiers' weights scaled up: after 12 steps every box scores about the same, and with ties the
+    order of equal scores (and so which boxes make the top 100) would be left to chance."""
+    path = fast_run[0] / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = load(path).model
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "reset_parameters") and not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
+        for name, p in model.named_parameters():
+            if name.endswith(("cls_score.weight", "cls_logits.weight", "reader.classifier.weight")):
+                p.mul_(30.0)
+    ckpt["state_dict"] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    out = tmp_path_factory.mktemp("spread") / "spread.ckpt"
+    torch.save(ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(spread_checkpoint) -> tuple[Path, str]:
+    out = spread_checkpoint.with_name("model.onnx")
+    proc = run("lpr.export", f"ckpt_path={spread_checkpoint}", f"output={out}", "check=4")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_export_writes_metadata_and_checks_itself(exported, spread_checkpoint):
+    path, stdout = exported
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    loaded = load(spread_checkpoint)
+    assert json.loads(meta["classes"]) == loaded.classes
+    reading = json.loads(meta["reading"])
+    assert reading["sub_pattern"] == loaded.module.hparams["metrics"]["plates"]["sub_pattern"]
+    assert "checked on 4 synthetic scenes" in stdout and "warning" not in stdout
+
+
+def test_graph_outputs_match_pytorch(exported, spread_checkpoint):
+    """Every output, index by index, on scenes of the training size and of other sizes."""
+    session = ort.InferenceSession(str(exported[0]))
+    graph = InferenceGraph(load(spread_checkpoint).model).eval()  # lpr's own pools, as predict runs them
+    images = example_images(3, seed=7)
+    noise = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    images += [noise, np.ascontiguousarray(images[0][:250, :333])]
+    compared = 0
+    for rgb in images:
+        x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+        with torch.no_grad():
+            want = [t.numpy() for t in graph(x)]
+        got = session.run(None, {"image": x.numpy()})
+        assert [g.shape for g in got] == [w.shape for w in want]
+        np.testing.assert_array_equal(got[1], want[1])  # labels
+        np.testing.assert_allclose(got[0], want[0], atol=1e-2)  # boxes, pixels
+        np.testing.assert_allclose(got[2], want[2], atol=1e-4)  # scores
+        np.testing.assert_allclose(got[3], want[3], atol=1e-3)  # masks
+        np.testing.assert_allclose(got[4], want[4], rtol=1e-6)  # the resize
+        compared += len(want[0])
+    assert compared > 50
+
+
+def test_predict_reads_an_export_as_the_checkpoint(exported, spread_checkpoint, synth_dir, tmp_path):
+    source = synth_dir / "images" / "val"
+    for name, model in (("torch", spread_checkpoint), ("onnx", exported[0])):
+        # this model keeps 100 boxes over 0.5 on some images: at 0.6 the boxes near the cap's cut, whose
+        # scores nearly tie, are left out, and the rest must agree
+        args = f"model={model}", f"input={source}", f"output={tmp_path / name}", "draw=false", "score_thr=0.6"
+        proc = run("lpr.predict", *args)
+        assert proc.returncode == 0, proc.stderr
+    files = sorted((tmp_path / "torch").glob("*.json"))
+    assert len(files) == 6
+    detections = 0
+    for f in files:
+        a, b = json.loads(f.read_text()), json.loads((tmp_path / "onnx" / f.name).read_text())
+        assert a["plates"] == b["plates"]
+        assert len(a["detections"]) == len(b["detections"])
+        unmatched = list(b["detections"])  # near-equal scores may come in either order: match each one
+        for da in a["detections"]:
+            match = next(
+                db for db in unmatched
+                if db["label"] == da["label"] and abs(db["score"] - da["score"]) <= 1e-3
+                and np.abs(np.subtract(da["box"], db["box"])).max() <= 1.0
+            )  # fmt: skip
+            unmatched.remove(match)
+        detections += len(a["detections"])
+    assert detections > 0
+
+
+def test_onnx_reader_runs_without_torch(exported, synth_dir):
+    image = next((synth_dir / "images" / "val").glob("*.jpg"))
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch fails
+from lpr.onnx_reader import OnnxPlateReader
+result = OnnxPlateReader({str(exported[0])!r})({str(image)!r})
+assert "torch" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+print(len(result["detections"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 0
+
+
+def test_from_onnx_has_the_checkpoint_api(exported, spread_checkpoint, synth_dir):
+    image = next((synth_dir / "images" / "val").glob("*.jpg"))
+    by_onnx, by_torch = PlateReader.from_onnx(exported[0]), PlateReader.from_checkpoint(spread_checkpoint)
+    assert isinstance(by_onnx, OnnxPlateReader)
+    assert by_onnx.classes == by_torch.classes and by_onnx.score_thr == by_torch.score_thr
+    assert by_onnx(str(image))["plates"] == by_torch(str(image))["plates"]
+
+
+def test_bad_onnx_files_get_one_clear_message(exported, tmp_path, synth_dir):
+    source = str(synth_dir / "images" / "val")
+    data = exported[0].read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 3])
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "other.onnx"))
+    future = onnx.load(str(exported[0]))
+    future.opset_import[0].version = 99
+    onnx.save(future, str(tmp_path / "future.onnx"))
+    expected = {
+        "truncated.onnx": "not a complete ONNX file",
+        "other.onnx": "not an lpr export",
+        "future.onnx": "cannot run",
+        "missing.onnx": "does not exist",
+    }
+    for name, message in expected.items():
+        proc = run("lpr.predict", f"model={tmp_path / name}", f"input={source}", f"output={tmp_path / 'out'}")
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_never_overwrites(exported, spread_checkpoint):
+    before = exported[0].read_bytes()
+    proc = run("lpr.export", f"ckpt_path={spread_checkpoint}", f"output={exported[0]}", "check=0")
+    assert proc.returncode == 2 and "overwrite=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert exported[0].read_bytes() == before
