@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+import lpr
 from lpr.models.module import MaskRCNNModule
 
 
@@ -102,6 +105,48 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+# Options of lpr 0.1 that no recipe used, removed in 0.2 (their runs are in docs/recipe.md): where in the
+# module's hyperparameters, and the value that meant "off". A 0.1 checkpoint loads when they are off.
+RETIRED_OPTIONS: dict[tuple[str, ...], Any] = {
+    ("net", "backbone", "stage_end"): False,
+    ("net", "rpn_featmap_names"): None,
+    ("net", "pixel_head"): None,
+    ("net", "char_reader", "agnostic"): False,
+    ("net", "char_reader", "repeats"): 1,
+    ("net", "mask_pixel_context"): False,
+    ("net", "mask_boundary_weight"): 1.0,
+    ("net", "mask_fg_iou_thresh"): None,
+    ("net", "exact_paste"): True,
+    ("loss_weights",): None,
+    ("lr_multipliers",): None,
+}
+LAST_WITH_RETIRED = "lpr 0.1.0 (git checkout fb133f6)"
+
+
+def without_retired_options(hparams: dict, path: str | os.PathLike) -> dict:
+    """``hparams`` of a checkpoint without the options lpr 0.2 removed, where they were off.
+
+    Raises:
+        CheckpointError: the checkpoint was trained with one of them on.
+    """
+    hparams = copy.deepcopy(hparams)
+    for keys, off in RETIRED_OPTIONS.items():
+        *parents, name = keys
+        holder = hparams
+        for key in parents:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or name not in holder:
+            continue
+        value = holder.pop(name)
+        if value != off and not (off is None and value == {}):
+            option = ".".join(["model", *keys])
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {option}={value!r}, an option lpr {lpr.__version__} no "
+                f"longer has (docs/recipe.md records its runs): load it with {LAST_WITH_RETIRED}"
+            )
+    return hparams
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model of an lpr checkpoint, with no conf/ dir and no data set.
 
@@ -117,7 +162,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
             weights do not fit the model its own config describes.
     """
     ckpt = read_checkpoint(path, map_location)
-    module = MaskRCNNModule(**ckpt["hyper_parameters"])
+    module = MaskRCNNModule(**without_retired_options(ckpt["hyper_parameters"], path))
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

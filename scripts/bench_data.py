@@ -1,6 +1,6 @@
 """What the plate recipe's training data costs: CPU time per batch of its loader, in the main process.
 
-    python scripts/bench_data.py [--batches 30] [--threads 1]
+    python scripts/bench_data.py [--batches 30] [--threads 1] [overrides ...]
 
 Iterates the ``+experiment=plate`` training loader with ``data.num_workers=0``
 (reading, decoding, masks, the training transforms, collation; the model's own
@@ -21,9 +21,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe, e.g. data.batch_size=4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg, datamodule = plate_config_and_data(["data.num_workers=0"])
+    cfg, datamodule = plate_config_and_data([*args.overrides, "data.num_workers=0"])
     loader = iter(datamodule.train_dataloader())
     next(loader)
     wall, cpu = time.perf_counter(), time.process_time()

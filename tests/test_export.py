@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,12 @@ def test_export_never_overwrites(exported, spread_checkpoint):
     proc = run("lpr.export", f"ckpt_path={spread_checkpoint}", f"output={exported[0]}", "check=0")
     assert proc.returncode == 2 and "overwrite=true" in proc.stderr and "Traceback" not in proc.stderr
     assert exported[0].read_bytes() == before
+
+
+def test_bench_predict_compares_the_export_with_the_checkpoint(exported, spread_checkpoint):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_predict.py"
+    args = "--ckpt", str(spread_checkpoint), "--onnx", str(exported[0]), "--images", "2", "--repeats", "1"
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"ratio onnxruntime / PyTorch: [0-9.]+", proc.stdout)
+    assert re.search(r"agreement: \d+/\d+ plates read alike, \d+ detections, 0 unmatched", proc.stdout), proc.stdout

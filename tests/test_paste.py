@@ -67,31 +67,23 @@ def test_a_mask_projected_for_training_and_pasted_back_is_the_mask_again():
     assert torchvision_misses > 100 and torchvision_misses > 10 * exact_misses  # whole-pixel boxes: edges off by one
 
 
-def test_a_model_pastes_exactly_by_default_with_the_same_boxes_and_float32_masks_under_bf16():
+def test_a_model_pastes_its_masks_as_float32_in_the_image_under_bf16():
     image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2))
-    out = {}
-    for exact in (True, False):
-        torch.manual_seed(0)
-        backbone = mobilenet_v3_fpn(out_channels=32)
-        paste = {} if exact else {"exact_paste": False}  # the default pastes exactly
-        model = build_maskrcnn(num_classes=3, backbone=backbone, representation_size=32, mask_head_layers=[16], **paste)
-        model.eval()
-        with torch.no_grad():
-            out[exact] = model([image])[0]
-    assert len(out[True]["boxes"]) > 0
-    torch.testing.assert_close(out[True]["boxes"], out[False]["boxes"])
-    assert out[True]["masks"].shape == out[False]["masks"].shape == (len(out[True]["boxes"]), 1, 96, 128)
-    assert not torch.equal(out[True]["masks"], out[False]["masks"])
-    assert out[True]["masks"].min() >= 0 and out[True]["masks"].max() <= 1
+    torch.manual_seed(0)
+    backbone = mobilenet_v3_fpn(out_channels=32)
+    model = build_maskrcnn(num_classes=3, backbone=backbone, representation_size=32, mask_head_layers=[16]).eval()
+    with torch.no_grad():
+        out = model([image])[0]
+    assert len(out["boxes"]) > 0
+    assert out["masks"].shape == (len(out["boxes"]), 1, 96, 128)
+    assert out["masks"].min() >= 0 and out["masks"].max() <= 1
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model.transform.exact_paste is False
-        model.transform.exact_paste = True
         masks = model([image])[0]["masks"]
     assert masks.dtype == torch.float32
 
 
-@pytest.mark.parametrize(("fusion", "soft", "context"), [(None, False, False), ([8, 8], True, True)])
-def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learns_from_them(fusion, soft, context):
+@pytest.mark.parametrize(("fusion", "soft"), [(None, False), ([8, 8], True)])
+def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learns_from_them(fusion, soft):
     g = torch.Generator().manual_seed(3)
     image = torch.rand(1, 3, 96, 128, generator=g)
     boxes = torch.tensor([[30.0, 20.0, 41.5, 50.0], [60.2, 10.0, 90.0, 33.3]])
@@ -105,10 +97,9 @@ def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learn
     torch.manual_seed(0)
     model = build_maskrcnn(
         num_classes=3, backbone=mobilenet_v3_fpn(out_channels=32), representation_size=32, mask_head_layers=[16],
-        mask_pixel_channels=[8, 8], mask_fusion_channels=fusion, soft_mask_targets=soft, mask_pixel_context=context,
+        mask_pixel_channels=[8, 8], mask_fusion_channels=fusion, soft_mask_targets=soft,
     )  # fmt: skip
     assert isinstance(model.roi_heads.mask_head, PixelMaskHead)
-    assert model.roi_heads.mask_roi_pool.margin == model.roi_heads.mask_head.margin == (2 if context else 0)
     predictor = model.roi_heads.mask_predictor
     assert len(predictor.fusion) == 2 * len(fusion or [])
     assert predictor.mask_fcn_logits.in_channels == (fusion[-1] if fusion else 16 + 8)
@@ -125,36 +116,9 @@ def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learn
     assert out["masks"].shape == (len(out["boxes"]), 1, 96, 128)
 
 
-def test_with_context_the_pixel_convs_see_beyond_the_box_and_keep_the_targets_grid():
-    g = torch.Generator().manual_seed(4)
-    image = torch.rand(1, 3, 96, 128, generator=g)
-    boxes = [torch.tensor([[30.0, 20.0, 86.0, 76.0]])]  # 56 px: a cell is 2 px, a 2-cell margin 4 px
-    features = {"0": torch.rand(1, 8, 12, 16, generator=g), IMAGE_KEY: image}
-    _, plain = PixelMaskRoIPool(["0"])(features, boxes, [(96, 128)])
-    _, grown = PixelMaskRoIPool(["0"], margin=2)(features, boxes, [(96, 128)])
-    assert grown.shape == (1, 3, 32, 32)
-    torch.testing.assert_close(grown[..., 2:-2, 2:-2], plain)  # cell i + 2 of the crop is cell i of the target
-
-    beyond = image.clone()
-    beyond[..., 26:28] = 1.0 - beyond[..., 26:28]  # 2-4 px left of the box: out of the plain crop's reach
-    for context in (False, True):
-        torch.manual_seed(0)
-        head = PixelMaskHead(8, [16], [8, 8], context=context)
-        pool = PixelMaskRoIPool(["0"], margin=head.margin)
-        outs = [head(pool({**features, IMAGE_KEY: x}, boxes, [(96, 128)]))[1] for x in (image, beyond)]
-        assert outs[0].shape == (1, 8, 28, 28)
-        change = (outs[1] - outs[0]).abs().amax(dim=(0, 1))  # (28, 28)
-        if context:  # the box's left column sees them; cells three or more in do not
-            assert change[:, 0].min() > 0 and change[:, 3:].max() == 0
-        else:
-            assert change.max() == 0
-
-
 def test_mask_fusion_needs_the_pixel_features():
     with pytest.raises(ValueError, match="set mask_pixel_channels too"):
         build_maskrcnn(num_classes=3, backbone=mobilenet_v3_fpn(out_channels=16), mask_fusion_channels=[8])
-    with pytest.raises(ValueError, match="set mask_pixel_channels too"):
-        build_maskrcnn(num_classes=3, backbone=mobilenet_v3_fpn(out_channels=16), mask_pixel_context=True)
 
 
 def test_soft_mask_targets_are_resized_as_the_image_is():

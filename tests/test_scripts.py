@@ -28,3 +28,51 @@ def test_learning_curve_reads_both_validation_splits(fast_run):
     header, *rows = out.splitlines()
     assert "EIR" in header.split() and "heldout_EIR" in header.split()
     assert len([r for r in rows if re.match(r"\s+\d+\s+[0-9.]+\s", r)]) == 2  # the two validations
+
+
+def tiny_plate_data(tmp_path: Path) -> list[str]:
+    """Overrides that give the scripts composing the plate recipe a tiny synthetic set of their own."""
+    return [
+        f"paths.data_dir={tmp_path}",
+        "data.synthesize.train=16",
+        "data.synthesize.val=2",
+        "data.synthesize.heldout=2",
+    ]
+
+
+def test_char_accuracy_prints_its_table(fast_run):
+    out = _run(str(SCRIPTS / "char_accuracy.py"), str(fast_run[0] / "checkpoints" / "last.ckpt"))
+    assert re.search(r"^\s*all\s+\d+", out, re.MULTILINE), out
+
+
+def test_char_scoring_prints_a_row_per_setting(fast_run):
+    ckpt = str(fast_run[0] / "checkpoints" / "last.ckpt")
+    out = _run(str(SCRIPTS / "char_scoring.py"), ckpt, "--nms", "0.3", "0.5", "--weight", "0.25")
+    assert len(re.findall(r"^\s*0\.[35]0?\s", out, re.MULTILINE)) >= 2, out
+
+
+def test_bench_predict_prints_the_ratio(fast_run):
+    ckpt = str(fast_run[0] / "checkpoints" / "last.ckpt")
+    out = _run(str(SCRIPTS / "bench_predict.py"), "--ckpt", ckpt, "--images", "2", "--repeats", "1")
+    assert float(re.search(r"ratio predict / bare: ([0-9.]+)", out).group(1)) > 0
+
+
+def test_bench_metrics_prints_both_sides():
+    out = _run(str(SCRIPTS / "bench_metrics.py"), "--images", "6", "--dets", "5", "--repeats", "1")
+    assert re.search(r"ratio DV\+EIR / pycocotools segm:\s+[0-9.]+", out), out
+
+
+def test_bench_data_prints_milliseconds_per_batch(tmp_path):
+    out = _run(str(SCRIPTS / "bench_data.py"), "--batches", "2", *tiny_plate_data(tmp_path))
+    assert re.search(r"[0-9.]+ ms", out), out
+
+
+def test_bench_train_prints_both_sides_and_their_ratio(tmp_path):
+    args = "--steps", "3", "--warmup", "1", "--repeats", "1", *tiny_plate_data(tmp_path), "data.num_workers=0"
+    out = _run(str(SCRIPTS / "bench_train.py"), *args)
+    assert re.search(r"ratio lpr / bare:\s+[0-9.]+", out) and re.search(r"[0-9.]+ img/s", out), out
+
+
+def test_profile_step_prints_the_parts(tmp_path):
+    out = _run(str(SCRIPTS / "profile_step.py"), "--steps", "2", *tiny_plate_data(tmp_path), "data.num_workers=0")
+    assert "backbone.body" in out and "rpn" in out, out

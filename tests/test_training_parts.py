@@ -17,13 +17,11 @@ from lpr.models.maskrcnn import (
     DetectionTransform,
     Float32Conv2d,
     LevelRPN,
-    PixelBoxHead,
-    PixelRoIPool,
     build_maskrcnn,
     mobilenet_v3_fpn,
 )
 from lpr.models.module import MaskRCNNModule
-from lpr.models.schedules import warmup_cosine, warmup_multistep
+from lpr.models.schedules import warmup_cosine
 
 NET = {
     "_target_": "lpr.models.maskrcnn.build_maskrcnn",
@@ -58,7 +56,7 @@ def test_format_eta(seconds, text):
     assert format_eta(seconds) == text
 
 
-def test_warmup_then_cosine_and_steps():
+def test_warmup_then_cosine():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, total_steps=110, warmup_steps=10, warmup_factor=0.1, min_lr_ratio=0.0)
     lrs = []
@@ -68,14 +66,6 @@ def test_warmup_then_cosine_and_steps():
         sched.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55) and lrs[10] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.5) and lrs[-1] < 0.001
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = warmup_multistep(opt, total_steps=100, milestones=[0.5, 0.9], gamma=0.1, warmup_steps=0)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1) and lrs[95] == pytest.approx(0.01)
 
 
 def test_checkpoint_policy_infers_modes_and_validates():
@@ -101,58 +91,37 @@ def test_non_finite_loss_stops_training_with_step_and_losses(synth_dir):
         trainer.fit(module, datamodule=dm)
 
 
-def test_loss_weights_scale_each_loss_in_the_trained_loss(synth_dir):
-    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
-    weights = {"loss_mask": 3.0, "loss_objectness": 0.5}
-    module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01}, loss_weights=weights)
-    trainer = quiet_trainer(max_steps=1)
-    trainer.fit(module, datamodule=dm)
-    logged = {k.removeprefix("train/"): v.item() for k, v in trainer.callback_metrics.items() if "loss" in k}
-    parts = {k: v for k, v in logged.items() if k != "loss"}
-    assert set(parts) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
-    assert logged["loss"] == pytest.approx(sum(v * weights.get(k, 1.0) for k, v in parts.items()), rel=1e-5)
-    assert logged["loss"] != pytest.approx(sum(parts.values()), rel=1e-3)  # the factors did count
-    assert module.hparams["loss_weights"] == weights  # kept in the checkpoint, with the config
-    with pytest.raises(ValueError, match=r"unknown losses \['loss_masks'\]"):
-        MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD"}, loss_weights={"loss_masks": 2.0})
-
-
-def test_lr_multipliers_scale_the_lr_of_named_parameters_through_the_schedule(synth_dir):
+def test_weights_decay_and_norms_and_biases_do_not(synth_dir):
     dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
     optimizer = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.1}
-    scheduler = {"_target_": "lpr.models.schedules.warmup_cosine", "warmup_steps": 2}
-    factors = {"roi_heads.mask": 3.0, "roi_heads.mask_predictor": 0.5}  # the longest matching key counts
-    module = MaskRCNNModule(list(dm.classes), NET, optimizer, scheduler=scheduler, lr_multipliers=factors)
-    trainer = quiet_trainer(max_steps=3)
+    module = MaskRCNNModule(list(dm.classes), NET, optimizer)
+    trainer = quiet_trainer(max_steps=1)
     trainer.fit(module, datamodule=dm)
     groups = trainer.optimizers[0].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]  # the order of old runs' checkpoints
     group_of = {id(p): g for g in groups for p in g["params"]}
     named = dict(module.model.named_parameters())
     assert len(group_of) == len(named) == sum(len(g["params"]) for g in groups)  # each parameter once
-    base = groups[0]["lr"]
-    assert 0 < base < 0.01 and groups[0]["weight_decay"] == 0.1  # the schedule moved it; group 0 is the plain one
-    expected = {"roi_heads.mask_head.": 3.0, "roi_heads.mask_predictor.": 0.5, "roi_heads.box_head.": 1.0}
-    for name, param in named.items():
-        factor = next((f for prefix, f in expected.items() if name.startswith(prefix)), None)
-        if factor is not None:
-            assert group_of[id(param)]["lr"] == pytest.approx(base * factor), name
-        # conv and linear weights decay; biases and norm weights (1-D) do not, whatever their lr
+    for name, param in named.items():  # conv and linear weights decay; biases and norm weights (1-D) do not
         assert group_of[id(param)]["weight_decay"] == (0.1 if param.dim() > 1 else 0.0), name
-    with pytest.raises(ValueError, match=r"no parameter of the network starts with \['roi_heads.masks'\]"):
-        MaskRCNNModule(list(dm.classes), NET, optimizer, lr_multipliers={"roi_heads.masks": 2.0})
 
 
-def test_mobilenet_stage_end_feeds_the_last_block_of_each_stage():
-    first, last = mobilenet_v3_fpn(stage_end=False), mobilenet_v3_fpn(stage_end=True)
-    # MobileNetV3-Large: blocks 4-6 at stride 8, 7-12 at stride 16, 13-15 + the 1x1 conv 16 at stride 32
-    assert first.body.return_layers == {"4": "0", "7": "1", "16": "2"}
-    assert last.body.return_layers == {"6": "0", "12": "1", "16": "2"}
-    assert [b[0].in_channels for b in first.fpn.inner_blocks] == [40, 80, 960]
-    assert [b[0].in_channels for b in last.fpn.inner_blocks] == [40, 112, 960]
-    x = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        shapes = [{k: tuple(v.shape[-2:]) for k, v in m.eval()(x).items()} for m in (first, last)]
-    assert shapes[0] == shapes[1] == {"0": (8, 12), "1": (4, 6), "2": (2, 3), "pool": (1, 2)}
+def test_checkpoints_of_lpr_0_1_load_unless_they_used_a_removed_option(fast_run, tmp_path):
+    ckpt = torch.load(fast_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    hparams |= {"loss_weights": None, "lr_multipliers": None}  # as lpr 0.1 wrote them: off
+    hparams["net"] |= {"pixel_head": None, "rpn_featmap_names": None, "exact_paste": True, "mask_boundary_weight": 1.0}
+    hparams["net"]["char_reader"] |= {"agnostic": False, "repeats": 1}
+    hparams["net"]["backbone"]["stage_end"] = False
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert load(old).classes == load(fast_run[0] / "checkpoints" / "last.ckpt").classes
+    hparams["net"]["char_reader"]["agnostic"] = True
+    torch.save(ckpt, old)
+    with pytest.raises(
+        CheckpointError, match=r"model\.net\.char_reader\.agnostic=True, an option lpr .* no longer has"
+    ):
+        load(old)
 
 
 def test_depthwise_float32_runs_only_the_depthwise_convs_in_float32_under_autocast():
@@ -220,41 +189,6 @@ def test_checkpoint_of_another_model_is_named(fast_run, tmp_path):
         load(other)
 
 
-def test_rpn_on_a_subset_of_maps_leaves_the_stride4_map_to_the_roi_heads():
-    """``rpn_featmap_names`` keeps the RPN (and its anchors) off map "0"; the RoI heads still pool from it."""
-    backbone = mobilenet_v3_fpn(returned_layers=[1, 2, 3, 5], out_channels=32)
-    model = build_maskrcnn(
-        num_classes=3,
-        backbone=backbone,
-        anchor_sizes=[[16], [32], [64], [128]],
-        min_size=128,
-        max_size=160,
-        representation_size=64,
-        mask_head_layers=[16],
-        rpn_featmap_names=["pool", "1", "2", "3"],  # any order: the backbone's is used
-    )
-    assert isinstance(model.rpn, LevelRPN) and model.rpn.featmap_names == ["1", "2", "3", "pool"]
-    seen: list[list[tuple[int, int]]] = []
-    model.rpn.head.register_forward_hook(lambda m, args, out: seen.append([tuple(f.shape[-2:]) for f in args[0]]))
-    image = torch.rand(3, 128, 160)
-    target = {
-        "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0]]),
-        "labels": torch.tensor([1]),
-        "masks": torch.zeros(1, 128, 160, dtype=torch.uint8),
-    }
-    target["masks"][0, 30:70, 20:40] = 1
-    losses = model.train()([image], [target])
-    assert set(losses) >= {"loss_objectness", "loss_classifier", "loss_mask"}
-    assert all(torch.isfinite(v) for v in losses.values())
-    assert seen == [[(16, 20), (8, 10), (4, 5), (2, 3)]]  # strides 8, 16, 32, 64: no stride-4 map
-    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]
-    assert model.roi_heads.box_roi_pool.scales[0] == pytest.approx(1 / 4)
-    with pytest.raises(ValueError, match=r"rpn_featmap_names must be distinct names among"):
-        build_maskrcnn(num_classes=3, backbone=backbone, rpn_featmap_names=["0", "5"])
-    with pytest.raises(ValueError, match=r"one tuple per feature map of the RPN \(3: \['1', '2', 'pool'\]\)"):
-        build_maskrcnn(num_classes=3, backbone=backbone, rpn_featmap_names=["1", "2", "pool"])
-
-
 def test_channels_last_module_keeps_nhwc_weights_through_a_checkpoint(synth_dir, tmp_path):
     dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
     module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01}, channels_last=True)
@@ -290,25 +224,7 @@ def test_cpu_precision_follows_the_cpu_flags(tmp_path, flags, precision):
     assert cpu_flags.__wrapped__(str(tmp_path / "missing")) == frozenset()
 
 
-def test_pixel_roi_pool_crops_a_square_around_each_box_from_the_input():
-    pool = PixelRoIPool(["0"], size=8, context=0.0)
-    image = torch.zeros(1, 3, 64, 64)
-    image[:, 0, :, 32:] = 1.0  # red on the right half
-    image[:, 1, 40:, :] = 1.0  # green in the bottom rows
-    features = {"0": torch.rand(1, 4, 16, 16), "image": image}
-    boxes = torch.tensor([[40.0, 8.0, 56.0, 16.0], [4.0, 44.0, 12.0, 60.0]])  # 16x8 and 8x16
-    fpn, pixels = pool(features, [boxes], [(64, 64)])
-    assert fpn.shape == (2, 4, 7, 7) and pixels.shape == (2, 3, 8, 8)
-    assert torch.allclose(pixels[0, 0], torch.ones(8, 8)) and pixels[0, 1].max() == 0  # right half, top
-    assert pixels[1, 0].max() == 0 and torch.allclose(pixels[1, 1], torch.ones(8, 8))  # left half, bottom
-    # square: the 16x8 box is read as 16x16 around its centre, rows 4..20 (pixel row r holds value r;
-    # each of the 8 output rows averages two samples 1 px apart)
-    rows = torch.arange(64.0).view(1, 1, 64, 1).expand(1, 3, 64, 64)
-    _, square = pool({**features, "image": rows}, [boxes], [(64, 64)])
-    assert square[0, 0, 0, 0] == pytest.approx(4.5) and square[0, 0, -1, 0] == pytest.approx(18.5)
-
-
-def test_pixel_box_head_trains_and_its_cnn_gets_gradients():
+def test_heads_that_read_pixels_get_the_input_and_the_rpn_does_not():
     model = build_maskrcnn(
         num_classes=3,
         backbone=mobilenet_v3_fpn(out_channels=32),
@@ -316,24 +232,14 @@ def test_pixel_box_head_trains_and_its_cnn_gets_gradients():
         max_size=160,
         representation_size=64,
         mask_head_layers=[16],
-        pixel_head={"size": 16, "channels": [8, 16]},
+        char_reader={"size": 16, "channels": [8, 16]},
+        char_labels=[1, 2],
     )
-    assert isinstance(model.backbone, BackboneWithImage) and isinstance(model.roi_heads.box_head, PixelBoxHead)
-    assert model.roi_heads.box_predictor.cls_score.in_features == 64 + 16
-    assert isinstance(model.rpn, LevelRPN) and "image" not in model.rpn.featmap_names
+    assert isinstance(model.backbone, BackboneWithImage)
+    assert isinstance(model.rpn, LevelRPN) and model.rpn.featmap_names == ["0", "1", "2", "pool"]
     assert "backbone.body.0.0.weight" in model.state_dict()  # the body keeps its keys
-    image = torch.rand(3, 128, 160)
-    target = {
-        "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0]]),
-        "labels": torch.tensor([2]),
-        "masks": torch.zeros(1, 128, 160, dtype=torch.uint8),
-    }
-    losses = model.train()([image], [target])
-    sum(losses.values()).backward()
-    grad = model.roi_heads.box_head.pixels[0].weight.grad
-    assert grad is not None and grad.abs().sum() > 0
-    detections = model.eval()([image])[0]
-    assert set(detections) == {"boxes", "labels", "scores", "masks"}
+    with pytest.raises(ValueError, match=r"one tuple per feature map of the RPN \(4: \['0', '1', '2', 'pool'\]\)"):
+        build_maskrcnn(num_classes=3, backbone=mobilenet_v3_fpn(out_channels=32), anchor_sizes=[[16], [32]])
 
 
 def test_time_budget_stops_on_time_with_the_schedule_ending_there(synth_dir):

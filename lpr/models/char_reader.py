@@ -2,7 +2,7 @@
 
 The box head classifies a 7x7 RoIAlign of the stride-8 FPN map, where a 12 px
 character spans two or three cells; a small CNN handed a 32x32 crop of the same
-box reads every validation character of the synthetic set (``scripts/char_ceiling.py``).
+box reads every validation character of the synthetic set (docs/recipe.md).
 :class:`ReadingRoIHeads` keeps torchvision's RoI heads for *where* the characters
 are and lets :class:`CharReader` say *which* they are:
 
@@ -31,11 +31,6 @@ learns a "not a character" output from proposals that match no character (as man
 as its characters per image, half of them overlapping one), and a character's score
 becomes ``(1 - w) * box classifier + w * reader``, where the reader's part is one
 minus its "not a character" probability.
-
-With ``agnostic=True`` the detector stops telling characters apart at all: its box
-classifier, box regression and masks learn every character as the first character
-class, so each of them sees all the characters' examples instead of a fifteenth,
-and the reader alone names them.
 """
 
 from __future__ import annotations
@@ -50,7 +45,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxes, roi_align
 
-from lpr.models.roi_heads import BoundaryMaskRoIHeads
+from lpr.models.roi_heads import roi_heads_arguments
 
 IMAGE_KEY = "image"  # the map holding the (normalised, resized) input images, see BackboneWithImage
 
@@ -122,7 +117,6 @@ class CharReader(nn.Module):
         channels: conv widths per resolution (two convs each, one at the last; 2x2
             max-pool between), then global average pooling and a linear layer.
         jitter: training boxes are moved and rescaled by up to this share of their size.
-        repeats: crops of each ground-truth character per training step, each jittered anew.
         background: a last "not a character" output, learnt from the negative boxes
             handed to :meth:`loss`.
     """
@@ -135,17 +129,13 @@ class CharReader(nn.Module):
         context: float = 0.2,
         channels: Sequence[int] = (32, 64, 128),
         jitter: float = 0.1,
-        repeats: int = 1,
         background: bool = False,
     ) -> None:
         super().__init__()
         if not char_labels:
             raise ValueError("char_reader needs at least one character class (single-character class names)")
-        if repeats < 1:
-            raise ValueError(f"char_reader repeats must be >= 1, got {repeats}")
         self.register_buffer("char_labels", torch.as_tensor(list(char_labels), dtype=torch.int64), persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
-        self.repeats = repeats
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -170,12 +160,12 @@ class CharReader(nn.Module):
         for i, t in enumerate(targets):
             is_char = self.reads(t["labels"])
             keep = is_char.any(1)
-            b = t["boxes"][keep].repeat(self.repeats, 1)
+            b = t["boxes"][keep]
             wh = b[:, 2:] - b[:, :2]
             shift = (torch.rand_like(wh) * 2 - 1) * self.jitter * wh
             scale = 1 + (torch.rand_like(wh) * 2 - 1) * self.jitter
             centre = (b[:, :2] + b[:, 2:]) / 2 + shift
-            classes.append(is_char[keep].int().argmax(1).repeat(self.repeats))
+            classes.append(is_char[keep].int().argmax(1))
             boxes.append(torch.cat([centre - wh * scale / 2, centre + wh * scale / 2], 1))
             if self.background and negatives is not None:
                 boxes[-1] = torch.cat([boxes[-1], negatives[i]])
@@ -194,22 +184,18 @@ class CharReader(nn.Module):
         return self.char_labels[probs[:, :n].argmax(1)], probs[:, :n].sum(1)
 
 
-class ReadingRoIHeads(BoundaryMaskRoIHeads):
+class ReadingRoIHeads(RoIHeads):
     """torchvision's ``RoIHeads`` with a :class:`CharReader` naming the characters it finds.
 
     Needs the input images among the features (``"image"``, as
     :class:`lpr.models.maskrcnn.BackboneWithImage` hands them on). Training adds
-    ``loss_reader`` to the losses; the box and mask heads train as before or, with
-    ``agnostic``, on every character relabelled as the first character class (whose
-    rows of the box and mask predictors then serve all characters; the other
-    characters' rows only learn to stay silent).
+    ``loss_reader`` to the losses; the box and mask heads train as torchvision's.
     """
 
     def __init__(
         self,
         *args,
         reader: CharReader,
-        agnostic: bool = False,
         char_nms_thresh: float | None = None,
         char_cover_thresh: float | None = None,
         score_weight: float = 0.0,
@@ -220,27 +206,16 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
             raise ValueError(f"char_cover_thresh must lie in (0, 1], got {char_cover_thresh}")
         if score_weight and not reader.background:
             raise ValueError(f"score_weight={score_weight} needs a reader with a 'not a character' output (background)")
-        self.reader, self.agnostic, self.score_weight = reader, agnostic, score_weight
+        self.reader, self.score_weight = reader, score_weight
         self.char_nms_thresh = self.nms_thresh if char_nms_thresh is None else char_nms_thresh
         self.char_cover_thresh = char_cover_thresh
-        # during forward only: the batch being read, and the labels to output (postprocess_detections
-        # hands the mask branch the channel each detection's mask comes from, not always its label)
-        self._images: torch.Tensor | None = None
-        self._labels: list[torch.Tensor] = []
+        self._images: torch.Tensor | None = None  # during forward only: the batch being read
 
     @classmethod
     def around(cls, heads: RoIHeads, reader: CharReader, **options) -> ReadingRoIHeads:
-        """The same heads and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``
-        and ``options`` (``agnostic``, ``char_nms_thresh``, ``char_cover_thresh``, ``score_weight``,
-        ``mask_boundary_weight``, ``mask_fg_iou_thresh``)."""
-        return super().around(heads, reader=reader, **options)
-
-    def _detector_target(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``target`` as the box and mask heads learn it: with ``agnostic``, every character as the first one."""
-        if not self.agnostic:
-            return target
-        is_char = self.reader.reads(target["labels"]).any(1)
-        return {**target, "labels": torch.where(is_char, self.reader.char_labels[0], target["labels"])}
+        """The same parts and settings as ``heads`` (a built torchvision ``RoIHeads``), plus ``reader``
+        and ``options`` (``char_nms_thresh``, ``char_cover_thresh``, ``score_weight``)."""
+        return cls(**roi_heads_arguments(heads), reader=reader, **options)
 
     def forward(
         self,
@@ -251,13 +226,10 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         images = features[IMAGE_KEY]
         self._images = images  # postprocess_detections, called inside, has no other way to the pixels
-        detector_targets = None if targets is None else [self._detector_target(t) for t in targets]
         try:
-            result, losses = super().forward(features, proposals, image_shapes, detector_targets)
-            for detections, labels in zip(result, self._labels, strict=True):  # inference: the reader's labels
-                detections["labels"] = labels
+            result, losses = super().forward(features, proposals, image_shapes, targets)
         finally:
-            self._images, self._labels = None, []
+            self._images = None
         if self.training:
             negatives = None
             if self.reader.background:
@@ -266,16 +238,16 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
         return result, losses
 
     def _negatives(self, proposals: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
-        """As many proposals as the reader gets crops of ``target``'s characters (``repeats`` per character)
-        that overlap none of them by IoU 0.4 or more: half of them (where there are enough) overlapping
-        one by at least 0.1 (part of a character, or parts of two), the rest anywhere."""
+        """As many proposals as ``target`` has characters that overlap none of them by IoU 0.4 or more:
+        half of them (where there are enough) overlapping one by at least 0.1 (part of a character, or
+        parts of two), the rest anywhere."""
         chars = target["boxes"][self.reader.reads(target["labels"]).any(1)]
         if not len(chars) or not len(proposals):
             return proposals[:0]
         iou = box_iou(proposals, chars).amax(1)
         near = torch.where((iou >= 0.1) & (iou < 0.4))[0]
         far = torch.where(iou < 0.1)[0]
-        count = len(chars) * self.reader.repeats
+        count = len(chars)
         near = near[torch.randperm(len(near), device=near.device)[: (count + 1) // 2]]
         far = far[torch.randperm(len(far), device=far.device)[: count - len(near)]]
         return proposals[torch.cat([near, far])]
@@ -296,7 +268,6 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
         sizes = [b.shape[0] for b, _ in chars]  # shapes, not len(): an ONNX export keeps them dynamic
         labels, reader_charness = self.reader.read(self._images, [b for b, _ in chars])
         out: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
-        self._labels = []
         for (boxes, scores, classes), (char_boxes, charness), char_classes, by_reader in zip(
             zip(*others, strict=True), chars, labels.split(sizes), reader_charness.split(sizes), strict=True
         ):
@@ -308,15 +279,10 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
             boxes = torch.cat([boxes[other], char_boxes])
             scores = torch.cat([scores[other], charness])
             classes = torch.cat([classes[other], char_classes])
-            # the mask channel: the reader's class, or with agnostic the one all characters trained
-            mask_classes = classes.clone()
-            if self.agnostic:
-                mask_classes[mask_classes.shape[0] - char_classes.shape[0] :] = self.reader.char_labels[0]
             keep = scores.argsort(descending=True)[: self.detections_per_img]
             keep = keep[scores[keep] > self.score_thresh]
-            for lst, value in zip(out, (boxes[keep], scores[keep], mask_classes[keep]), strict=True):
+            for lst, value in zip(out, (boxes[keep], scores[keep], classes[keep]), strict=True):
                 lst.append(value)
-            self._labels.append(classes[keep])
         return out
 
     def _character_boxes(
@@ -330,7 +296,7 @@ class ReadingRoIHeads(BoundaryMaskRoIHeads):
         char_labels = self.reader.char_labels
         probs = F.softmax(class_logits, -1)[:, char_labels]
         charness = probs.sum(1)
-        box_class = char_labels[0].expand(probs.shape[0]) if self.agnostic else char_labels[probs.argmax(1)]
+        box_class = char_labels[probs.argmax(1)]
         boxes = self.box_coder.decode(box_regression, proposals)  # (N, classes, 4)
         boxes = boxes[torch.arange(boxes.shape[0], device=boxes.device), box_class]
         out = []

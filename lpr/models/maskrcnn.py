@@ -20,17 +20,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads, pixel_cnn, square_boxes
+from lpr.models.char_reader import IMAGE_KEY, CharReader, ReadingRoIHeads
 from lpr.models.paste import paste_masks
 from lpr.models.roi_align import SparseMultiScaleRoIAlign
-from lpr.models.roi_heads import BoundaryMaskRoIHeads, sampling_settings
+from lpr.models.roi_heads import sampling_settings
 
 NormLayer = Callable[[int], nn.Module]
-
-
-def group_norm(num_channels: int, num_groups: int = 16) -> nn.GroupNorm:
-    """GroupNorm with the channel count first, so it can stand where BatchNorm2d does."""
-    return nn.GroupNorm(min(num_groups, num_channels), num_channels)
 
 
 def _load_weights(model: nn.Module, weights: str | None) -> None:
@@ -89,7 +84,6 @@ def mobilenet_v3_fpn(
     out_channels: int = 128,
     norm_layer: NormLayer | None = None,
     weights: str | None = None,
-    stage_end: bool = False,
     depthwise_float32: bool = False,
 ) -> BackboneWithFPN:
     """MobileNetV3-Large body with an FPN (CPU recipe).
@@ -102,10 +96,6 @@ def mobilenet_v3_fpn(
         norm_layer: normalisation of the body; default ``nn.BatchNorm2d``
             (torchvision's ``FrozenBatchNorm2d`` does nothing when training from scratch).
         weights: ``None`` (from scratch), a torchvision weights name, or a local ``.pth``.
-        stage_end: feed the FPN the last block of each stage (as ResNet FPNs do), not the
-            first, downsampling block that torchvision's ``mobilenet_backbone`` returns:
-            at stride 8 that is 3 blocks deep instead of 1 (and 112 channels instead of 80
-            at stride 16), for the same compute.
         depthwise_float32: the body's depthwise convolutions run in float32 under bf16
             autocast (:class:`Float32Conv2d`: faster on a CPU); no effect without autocast.
     """
@@ -117,8 +107,6 @@ def mobilenet_v3_fpn(
     stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     if not returned_layers or min(returned_layers) < 0 or max(returned_layers) >= len(stage_indices):
         raise ValueError(f"returned_layers must lie in 0..{len(stage_indices) - 1}, got {list(returned_layers)}")
-    if stage_end:  # the block before the next stage's downsampling block (the final 1x1 conv stays last)
-        stage_indices = [i - 1 for i in stage_indices[1:]] + stage_indices[-1:]
     return_layers = {str(stage_indices[k]): str(i) for i, k in enumerate(returned_layers)}
     in_channels = [features[stage_indices[k]].out_channels for k in returned_layers]
     return BackboneWithFPN(features, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool())
@@ -145,12 +133,8 @@ def resnet50_fpn_v2(
 
 
 class LevelRPN(RegionProposalNetwork):
-    """torchvision's RPN on a chosen subset of the feature maps (the RoI heads may use more).
-
-    A stride-4 map sharpens the RoI features of small characters; proposing from it
-    as well would cost a 3x3 conv over 4x the positions of the stride-8 map and
-    anchors there add little, so the RPN can leave it out.
-    """
+    """torchvision's RPN on the named feature maps only: the FPN's, not the input image that
+    :class:`BackboneWithImage` hands on among them to the heads that read pixels."""
 
     def __init__(self, *args, featmap_names: Sequence[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -179,94 +163,34 @@ class BackboneWithImage(nn.Module):
         return features
 
 
-class PixelRoIPool(nn.Module):
-    """RoI features from the FPN maps, plus each RoI's own pixels (``size`` x ``size``, with context).
-
-    Returns ``(fpn_features (N, C, 7, 7), pixels (N, 3, size, size))`` for :class:`PixelBoxHead`;
-    ``pool`` is the class pooling the FPN features (a ``MultiScaleRoIAlign``).
-    """
-
-    def __init__(
-        self, featmap_names: Sequence[str], *, size: int = 16, context: float = 0.2, pool: type = MultiScaleRoIAlign
-    ) -> None:
-        super().__init__()
-        self.pool = pool(list(featmap_names), output_size=7, sampling_ratio=2)
-        self.size, self.context = size, context
-
-    def forward(
-        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.pool(features, proposals, image_shapes)
-        image = features[IMAGE_KEY]
-        boxes = [square_boxes(b, self.context).to(image.dtype) for b in proposals]  # glyphs keep their aspect
-        pixels = roi_align(image, boxes, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        return pooled, pixels
-
-
-class PixelBoxHead(nn.Module):
-    """The box MLP on the FPN's RoI features, side by side with a small CNN on the RoI's pixels.
-
-    Characters of 10-16 px are misread from stride-8 FPN features although a small
-    classifier reads every one from the pixels of its box (``scripts/char_ceiling.py``):
-    this CNN gives the classifier and box regressor those pixels. Output width:
-    ``representation_size + channels[-1]``.
-    """
-
-    def __init__(self, in_channels: int, representation_size: int, channels: Sequence[int] = (32, 64, 128)) -> None:
-        super().__init__()
-        self.mlp = TwoMLPHead(in_channels * 7 * 7, representation_size)
-        self.pixels = pixel_cnn(channels, group_norm)
-        self.out_features = representation_size + channels[-1]
-
-    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        features, pixels = x
-        return torch.cat([self.mlp(features), self.pixels(pixels)], 1)
-
-
 class PixelMaskRoIPool(nn.Module):
     """Mask RoI features from the FPN maps (14x14), plus each RoI's pixels on the grid of its 28x28 target.
 
     The pixels are sampled as torchvision's ``project_masks_on_boxes`` samples the mask targets
     (``roi_align`` on the box, ``aligned=False``, adaptive sampling), so cell ``i`` of the crop is
-    cell ``i`` of the target. With ``margin`` the crop reaches ``margin`` cells of the same size
-    beyond the box on every side: cell ``i + margin`` of the crop is cell ``i`` of the target, and the
-    pixels just outside the box, where a tight box's object ends, are there to see. Returns
-    ``(fpn_features (N, C, 14, 14), pixels (N, 3, 28 + 2 margin, 28 + 2 margin))`` for :class:`PixelMaskHead`.
+    cell ``i`` of the target. Returns ``(fpn_features (N, C, 14, 14), pixels (N, 3, 28, 28))`` for
+    :class:`PixelMaskHead`.
     """
 
-    def __init__(self, featmap_names: Sequence[str], *, margin: int = 0, pool: type = MultiScaleRoIAlign) -> None:
+    def __init__(self, featmap_names: Sequence[str], *, pool: type = MultiScaleRoIAlign) -> None:
         super().__init__()
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0 cells, got {margin}")
         self.pool = pool(list(featmap_names), output_size=14, sampling_ratio=2)
-        self.margin = margin
 
     def forward(
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = features[IMAGE_KEY]
-        cells = 2 * 14
-        boxes = [grow_by_cells(b.to(image.dtype), self.margin, cells) for b in proposals]
-        # project_masks_on_boxes' call; grown by whole cells, the boxes keep the target's cell size
-        pixels = roi_align(image, boxes, cells + 2 * self.margin, spatial_scale=1.0, aligned=False)
+        boxes = [b.to(image.dtype) for b in proposals]
+        pixels = roi_align(image, boxes, 2 * 14, spatial_scale=1.0, aligned=False)  # project_masks_on_boxes' call
         return self.pool(features, proposals, image_shapes), pixels
 
 
-def grow_by_cells(boxes: torch.Tensor, margin: int, cells: int) -> torch.Tensor:
-    """``(N, 4)`` xyxy boxes grown on every side by ``margin`` of their ``cells`` x ``cells`` grid's cells."""
-    if margin == 0:
-        return boxes
-    size = (boxes[:, 2:] - boxes[:, :2]) * (margin / cells)
-    return torch.cat([boxes[:, :2] - size, boxes[:, 2:] + size], dim=1)
-
-
-def conv_relu_stack(in_channels: int, widths: Sequence[int], padding: int = 1) -> nn.Sequential:
-    """3x3 convs of ``widths``, each followed by ReLU, without a norm layer: on the mask heads'
-    28x28 maps GroupNorm on channels-last bf16 tensors was 10x slower than the convs (CPU).
-    ``padding`` 1 keeps the map's size, 0 trims a cell off every side per conv."""
+def conv_relu_stack(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
+    """3x3 convs of ``widths`` keeping the map's size, each followed by ReLU, without a norm layer: on
+    the mask heads' 28x28 maps GroupNorm on channels-last bf16 tensors was 10x slower than the convs (CPU)."""
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Conv2d(in_channels, width, 3, padding=padding), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
         in_channels = width
     return nn.Sequential(*layers)
 
@@ -276,20 +200,15 @@ class PixelMaskHead(nn.Module):
 
     A 10 px character covers two cells of the stride-8 map its mask is pooled from, so the 28x28
     mask upsampled from there cannot place its boundary to the pixel that DV IoU asks for
-    (``scripts/dv_sensitivity.py``); the glyph's own pixels can. With ``context`` the pixel convs
-    read a crop reaching one cell beyond the box per conv (:class:`PixelMaskRoIPool`'s ``margin``)
-    without padding, so their cells at the box's edge see the image beyond it instead of zeros.
-    Returns ``(fpn (N, layers[-1], 14, 14), pixels (N, channels[-1], 28, 28))`` for
+    (docs/recipe.md, r34); the glyph's own pixels can. Returns
+    ``(fpn (N, layers[-1], 14, 14), pixels (N, channels[-1], 28, 28))`` for
     :class:`PixelMaskPredictor`.
     """
 
-    def __init__(
-        self, in_channels: int, layers: Sequence[int], channels: Sequence[int] = (16, 16), context: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, layers: Sequence[int], channels: Sequence[int] = (16, 16)) -> None:
         super().__init__()
         self.fpn = MaskRCNNHeads(in_channels, list(layers), dilation=1)
-        self.pixels = conv_relu_stack(3, channels, padding=0 if context else 1)
-        self.margin = len(channels) if context else 0  # the crop's margin, in cells, these convs consume
+        self.pixels = conv_relu_stack(3, channels)
         self.out_channels = (list(layers)[-1], list(channels)[-1])
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,7 +248,7 @@ class PixelMaskPredictor(nn.Module):
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """torchvision's transform with two options: training windows, and masks pasted as their targets were made.
+    """torchvision's transform with training windows, soft mask targets, and masks pasted as their targets were made.
 
     ``crop`` (height, width): in training, a random window of each resized image that holds all its
     objects, larger along a side where the objects span more (a batch is padded to its largest
@@ -337,24 +256,23 @@ class DetectionTransform(GeneralizedRCNNTransform):
     have at inference, while the body, FPN and RPN, whose cost follows the pixels, see fewer of them.
     ``None``: the whole images.
 
-    ``exact_paste``: at inference, each mask goes into the image by :func:`lpr.models.paste.paste_masks`,
-    the inverse of the training targets' projection; ``False``: torchvision's ``paste_masks_in_image``,
-    whose whole-pixel boxes move a character's boundary by up to a pixel.
+    At inference, each mask goes into the image by :func:`lpr.models.paste.paste_masks`, the inverse
+    of the training targets' projection (torchvision's ``paste_masks_in_image`` stretches it over
+    whole-pixel boxes, which moves a character's boundary by up to a pixel).
 
     ``soft_masks`` (the default): in training, the ground-truth masks are resized bilinearly, as the
     image is, to float masks in [0, 1], so a target edge stays where the resized image has it.
     ``False``: torchvision's nearest resize, which gives resized pixel ``i`` source pixel
     ``floor(i / s)``: at ``s = 1.5`` that moves every target a sixth of a source pixel right and
-    down, and a model trained on it learns its masks moved so (``scripts/paste_compare.py`` prints
-    the offset). A binary resize cannot avoid it at 1.5: every third resized pixel centre lies on a
-    source pixel edge, and ``nearest-exact`` breaks those ties the other way.
+    down, and a model trained on it learns its masks moved so (docs/recipe.md). A binary resize
+    cannot avoid it at 1.5: every third resized pixel centre lies on a source pixel edge, and
+    ``nearest-exact`` breaks those ties the other way.
     """
 
     def __init__(
         self,
         *args,
         crop: Sequence[int] | None = None,
-        exact_paste: bool = True,
         soft_masks: bool = True,
         **kwargs,
     ) -> None:
@@ -362,7 +280,6 @@ class DetectionTransform(GeneralizedRCNNTransform):
         if crop is not None and (len(crop) != 2 or min(crop) < 32):
             raise ValueError(f"train_crop is (height, width), each >= 32 pixels, got {list(crop)}")
         self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
-        self.exact_paste = exact_paste
         self.soft_masks = soft_masks
 
     def resize(
@@ -408,7 +325,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
         image_shapes: list[tuple[int, int]],
         original_image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, torch.Tensor]]:
-        if self.training or not self.exact_paste:
+        if self.training:
             return super().postprocess(result, image_shapes, original_image_sizes)
         for pred, resized, original in zip(result, image_shapes, original_image_sizes, strict=True):
             pred["boxes"] = resize_boxes(pred["boxes"], resized, original)
@@ -440,19 +357,13 @@ def build_maskrcnn(
     box_score_thresh: float = 0.05,
     representation_size: int = 512,
     mask_head_layers: Sequence[int] = (128, 128),
-    rpn_featmap_names: Sequence[str] | None = None,
-    pixel_head: dict | None = None,
     char_reader: dict | None = None,
     char_labels: Sequence[int] | None = None,
     mask_pixel_channels: Sequence[int] | None = None,
     mask_fusion_channels: Sequence[int] | None = None,
-    mask_pixel_context: bool = False,
     train_crop: Sequence[int] | None = None,
     sparse_roi_align: bool = True,
-    exact_paste: bool = True,
     soft_mask_targets: bool = True,
-    mask_boundary_weight: float = 1.0,
-    mask_fg_iou_thresh: float | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN from torchvision parts.
 
@@ -481,17 +392,12 @@ def build_maskrcnn(
         box_score_thresh: detections below this score are dropped at inference.
         representation_size: width of the two-layer box MLP.
         mask_head_layers: channels of each mask-head conv.
-        rpn_featmap_names: the maps the RPN proposes from (e.g. ``["1", "2", "3", "pool"]``
-            to leave a stride-4 map ``"0"`` to the RoI heads); ``None``: all of them.
-        pixel_head: ``{size, context, channels}`` to give the box head each RoI's pixels
-            through a small CNN (:class:`PixelBoxHead`); ``None``: torchvision's MLP alone.
-        char_reader: ``{size, context, channels, jitter, repeats}`` of a :class:`~lpr.models.char_reader.CharReader`
+        char_reader: ``{size, context, channels, jitter}`` of a :class:`~lpr.models.char_reader.CharReader`
             that names the character boxes from their pixels (:class:`~lpr.models.char_reader.ReadingRoIHeads`),
-            plus the :class:`~lpr.models.char_reader.ReadingRoIHeads` options ``agnostic`` (the box and
-            mask heads learn all characters as one class), ``char_nms_thresh`` (the characters' NMS IoU),
-            ``char_cover_thresh`` (drop a character box covered by a better one beyond this share of its
-            area) and ``score_weight`` (the reader's share of a character's score; > 0 gives the reader a
-            "not a character" output); ``None``: the box classifier names them.
+            plus the :class:`~lpr.models.char_reader.ReadingRoIHeads` options ``char_nms_thresh``
+            (the characters' NMS IoU), ``char_cover_thresh`` (drop a character box covered by a better
+            one beyond this share of its area) and ``score_weight`` (the reader's share of a character's
+            score; > 0 gives the reader a "not a character" output); ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
         mask_pixel_channels: widths of 3x3 convs on each RoI's own pixels whose features join the
@@ -499,23 +405,14 @@ def build_maskrcnn(
         mask_fusion_channels: with ``mask_pixel_channels``, widths of 3x3 convs that read the
             upsampled FPN features and the pixel features together before the mask logits
             (:class:`PixelMaskPredictor`); ``None``: the two terms are summed by the logits' 1x1 conv.
-        mask_pixel_context: with ``mask_pixel_channels``, the pixel convs read a crop reaching beyond
-            the box (a cell per conv) instead of zero padding at its edges (:class:`PixelMaskHead`).
         train_crop: ``(height, width)``: train on random windows of the resized images that hold
             their objects (:class:`DetectionTransform`); ``None``: on the whole images.
         sparse_roi_align: the RoI heads pool their features with
             :class:`~lpr.models.roi_align.SparseMultiScaleRoIAlign` (torchvision's results, a CPU
             backward pass 8x faster); ``False``: with torchvision's ``MultiScaleRoIAlign``.
-        exact_paste: paste the masks into the image as the exact inverse of their training targets
-            (:func:`lpr.models.paste.paste_masks`); ``False``: torchvision's ``paste_masks_in_image``.
         soft_mask_targets: resize the ground-truth masks bilinearly with the image (float masks in
             [0, 1], :class:`DetectionTransform`); ``False``: torchvision's nearest resize, which
             moves them a sixth of a pixel at scale 1.5.
-        mask_boundary_weight: the mask loss counts the cells within one cell of a target's
-            boundary this many times (:mod:`lpr.models.roi_heads`); 1: torchvision's loss.
-        mask_fg_iou_thresh: the mask head learns only from the box head's positive RoIs that
-            overlap their object by at least this IoU; ``None``: from all of them (torchvision).
-
     Returns:
         A ``torchvision.models.detection.MaskRCNN`` taking a list of float CHW
         images in [0, 1] (and targets in training).
@@ -523,11 +420,7 @@ def build_maskrcnn(
     if num_classes < 2:
         raise ValueError(f"num_classes counts background, so it must be >= 2, got {num_classes}")
     featmap_names = [name for name in backbone.body.return_layers.values()]
-    all_maps = [*featmap_names, "pool"]
-    rpn_maps = all_maps if rpn_featmap_names is None else list(rpn_featmap_names)
-    if not rpn_maps or any(name not in all_maps for name in rpn_maps) or len(set(rpn_maps)) != len(rpn_maps):
-        raise ValueError(f"rpn_featmap_names must be distinct names among {all_maps}, got {rpn_featmap_names}")
-    rpn_maps = [name for name in all_maps if name in rpn_maps]  # the backbone's order: anchors follow it
+    rpn_maps = [*featmap_names, "pool"]
     if len(anchor_sizes) != len(rpn_maps):
         raise ValueError(
             f"anchor_sizes needs one tuple per feature map of the RPN ({len(rpn_maps)}: {rpn_maps}), "
@@ -542,17 +435,9 @@ def build_maskrcnn(
     channels = backbone.out_channels
     mask_head_layers = list(mask_head_layers)
     pool = SparseMultiScaleRoIAlign if sparse_roi_align else MultiScaleRoIAlign
-    box_roi_pool: nn.Module = pool(featmap_names, output_size=7, sampling_ratio=2)
-    if pixel_head is None:
-        box_head: nn.Module = TwoMLPHead(channels * 7 * 7, representation_size)
-        box_features = representation_size
-    else:
-        pixel_head = dict(pixel_head)
-        size, context = pixel_head.pop("size", 16), pixel_head.pop("context", 0.2)
-        box_roi_pool = PixelRoIPool(featmap_names, size=size, context=context, pool=pool)
-        box_head = PixelBoxHead(channels, representation_size, **pixel_head)
-        box_features = box_head.out_features
-    if pixel_head is not None or char_reader is not None or mask_pixel_channels is not None:
+    box_roi_pool = pool(featmap_names, output_size=7, sampling_ratio=2)
+    box_head = TwoMLPHead(channels * 7 * 7, representation_size)
+    if char_reader is not None or mask_pixel_channels is not None:
         backbone = BackboneWithImage(backbone)
     model = MaskRCNN(
         backbone,
@@ -567,7 +452,7 @@ def build_maskrcnn(
         rpn_batch_size_per_image=rpn_batch_size_per_image,
         box_roi_pool=None,  # torchvision accepts only a MultiScaleRoIAlign here: set below
         box_head=box_head,
-        box_predictor=FastRCNNPredictor(box_features, num_classes),
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
         box_batch_size_per_image=box_batch_size_per_image,
         box_positive_fraction=box_positive_fraction,
         box_fg_iou_thresh=box_fg_iou_thresh,
@@ -581,11 +466,9 @@ def build_maskrcnn(
     model.roi_heads.box_roi_pool = box_roi_pool
     if mask_fusion_channels is not None and mask_pixel_channels is None:
         raise ValueError("mask_fusion_channels joins the pixel features to the FPN's: set mask_pixel_channels too")
-    if mask_pixel_context and mask_pixel_channels is None:
-        raise ValueError("mask_pixel_context widens the pixel convs' crop: set mask_pixel_channels too")
     if mask_pixel_channels is not None:  # torchvision accepts only a MultiScaleRoIAlign as the mask pool
-        mask_head = PixelMaskHead(channels, mask_head_layers, mask_pixel_channels, context=mask_pixel_context)
-        model.roi_heads.mask_roi_pool = PixelMaskRoIPool(featmap_names, margin=mask_head.margin, pool=pool)
+        mask_head = PixelMaskHead(channels, mask_head_layers, mask_pixel_channels)
+        model.roi_heads.mask_roi_pool = PixelMaskRoIPool(featmap_names, pool=pool)
         model.roi_heads.mask_head = mask_head
         model.roi_heads.mask_predictor = PixelMaskPredictor(
             mask_head.out_channels, num_classes, mask_fusion_channels or ()
@@ -598,23 +481,17 @@ def build_maskrcnn(
         t.image_std,
         size_divisible=t.size_divisible,
         crop=train_crop,
-        exact_paste=exact_paste,
         soft_masks=soft_mask_targets,
     )
-    mask_options = {"mask_boundary_weight": mask_boundary_weight, "mask_fg_iou_thresh": mask_fg_iou_thresh}
     if char_reader is not None:  # CharReader refuses empty char_labels
         char_reader = dict(char_reader)
         options = {
-            k: char_reader.pop(k)
-            for k in ("agnostic", "char_nms_thresh", "char_cover_thresh", "score_weight")
-            if k in char_reader
+            k: char_reader.pop(k) for k in ("char_nms_thresh", "char_cover_thresh", "score_weight") if k in char_reader
         }
         reader = CharReader(char_labels or [], background=bool(options.get("score_weight")), **char_reader)
-        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, **mask_options, **options)
-    elif mask_boundary_weight != 1.0 or mask_fg_iou_thresh is not None:
-        model.roi_heads = BoundaryMaskRoIHeads.around(model.roi_heads, **mask_options)
-    # the same RPN (torchvision's defaults), on fewer maps: a subset, or all but the input image
-    if rpn_maps != all_maps or isinstance(backbone, BackboneWithImage):
+        model.roi_heads = ReadingRoIHeads.around(model.roi_heads, reader, **options)
+    # the same RPN (torchvision's defaults) on the FPN's maps, not on the input image among them
+    if isinstance(backbone, BackboneWithImage):
         rpn = model.rpn
         model.rpn = LevelRPN(
             anchors,

@@ -63,12 +63,6 @@ class MaskRCNNModule(L.LightningModule):
         channels_last: keep the network's weights in NHWC, so that oneDNN's convolutions run
             channels-last (1.2-1.4x faster fp32 training steps on a CPU, docs/recipe.md); weights
             and checkpoints are the same either way.
-        loss_weights: a factor per loss the training loss sums (mmdetection's ``loss_weight``),
-            e.g. ``{"loss_mask": 2.0}``; keys from :data:`LOSS_KEYS`, a loss left out counts once.
-            ``train/loss`` is the weighted sum, ``train/<key>`` each loss unweighted.
-        lr_multipliers: a factor on the learning rate of the parameters whose names in the network
-            start with a key (mmdetection's ``paramwise_cfg`` ``lr_mult``), e.g.
-            ``{"roi_heads.mask": 3.0}``; the longest matching key counts, the schedule scales all alike.
 
     Example:
         >>> optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
@@ -83,22 +77,12 @@ class MaskRCNNModule(L.LightningModule):
         scheduler: dict | None = None,
         metrics: dict | None = None,
         channels_last: bool = False,
-        loss_weights: dict[str, float] | None = None,
-        lr_multipliers: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         classes, net, optimizer, scheduler = plain(classes), plain(net), plain(optimizer), plain(scheduler)
-        metrics, loss_weights, lr_multipliers = (
-            plain(metrics) or {},
-            plain(loss_weights) or {},
-            plain(lr_multipliers) or {},
-        )
+        metrics = plain(metrics) or {}
         if not classes or len(set(classes)) != len(classes):
             raise ValueError(f"classes must be a non-empty list of unique names, got {classes}")
-        unknown = sorted(set(loss_weights) - set(LOSS_KEYS))
-        if unknown:
-            raise ValueError(f"model.loss_weights: unknown losses {unknown}; the losses are {list(LOSS_KEYS)}")
-        self.loss_weights = {key: float(weight) for key, weight in loss_weights.items()}
         self.save_hyperparameters()
         self.classes: list[str] = list(classes)
         # a character reader (lpr.models.char_reader) is told which labels are characters; the rest of the
@@ -114,11 +98,6 @@ class MaskRCNNModule(L.LightningModule):
         self.model = instantiate(net, num_classes=len(classes) + 1, **extra, _convert_="all")
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        names = [name for name, _ in self.model.named_parameters()]
-        unmatched = sorted(key for key in lr_multipliers if not any(name.startswith(key) for name in names))
-        if unmatched:
-            raise ValueError(f"model.lr_multipliers: no parameter of the network starts with {unmatched}")
-        self.lr_multipliers = {key: float(factor) for key, factor in lr_multipliers.items()}
         self.val_map = CocoMAP(len(classes))
         self.val_dv = DVMeanAP(len(classes), **metrics.get("dv", {}))
         self.val_eir = ExactInferenceRate(classes, **metrics.get("plates", {}))
@@ -166,7 +145,7 @@ class MaskRCNNModule(L.LightningModule):
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.model(images, [_without_crowd(t) for t in targets])
-        loss = sum(value * self.loss_weights.get(key, 1.0) for key, value in losses.items())
+        loss = sum(losses.values())
         if not torch.isfinite(loss):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise FloatingPointError(
@@ -272,28 +251,15 @@ class MaskRCNNModule(L.LightningModule):
         images = batch[0] if isinstance(batch, tuple | list) and isinstance(batch[0], list) else batch
         return self.model(images)
 
-    def _lr_multiplier(self, name: str) -> float:
-        keys = [key for key in self.lr_multipliers if name.startswith(key)]
-        return self.lr_multipliers[max(keys, key=len)] if keys else 1.0
-
     def configure_optimizers(self) -> dict:
-        groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
-        for module_name, module in self.model.named_modules():
+        decayed, not_decayed = [], []  # norm and bias parameters get no weight decay
+        for module in self.model.modules():
             is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
             for name, param in module.named_parameters(recurse=False):
                 if param.requires_grad:
-                    factor = self._lr_multiplier(f"{module_name}.{name}" if module_name else name)
-                    groups.setdefault((factor, not (is_norm or name == "bias")), []).append(param)
-        # without lr_multipliers these are the two groups of old, [decayed, not decayed], so older runs
-        # resume; train/lr logs group 0
-        groups = {key: members for key, members in groups.items() if members}
-        params = [
-            {"params": members} if decay else {"params": members, "weight_decay": 0.0}
-            for (_, decay), members in groups.items()
-        ]
-        optimizer = instantiate(self.hparams.optimizer, params=params, _convert_="all")
-        for group, (factor, _) in zip(optimizer.param_groups, groups, strict=True):
-            group["lr"] *= factor
+                    (not_decayed if is_norm or name == "bias" else decayed).append(param)
+        params = [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}]  # train/lr logs group 0
+        optimizer = instantiate(self.hparams.optimizer, params=[g for g in params if g["params"]], _convert_="all")
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         scheduler = instantiate(

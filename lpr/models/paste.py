@@ -13,7 +13,7 @@ and the pasted mask is the ``M x M`` mask sampled bilinearly there (zero
 outside). torchvision's ``paste_masks_in_image`` instead pads the mask by a
 cell, truncates the padded box to whole pixels and stretches the mask over
 them, which moves a boundary by up to a pixel: on 10 px characters that is
-what DV IoU (docs/metrics.md, DV mAP) measures (``scripts/dv_sensitivity.py``: of the
+what DV IoU (docs/metrics.md, DV mAP) measures (docs/recipe.md: of the
 validation characters' own masks, 0.84 come back at DV IoU >= 0.5 through
 torchvision's paste, 0.94 through this one).
 

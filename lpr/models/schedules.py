@@ -7,7 +7,6 @@ Each schedule's ``lr_lambda`` exposes ``total_steps``, the step its decay is lai
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -47,19 +46,6 @@ class _Cosine(_WarmupThen):
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-class _Steps(_WarmupThen):
-    def __init__(
-        self, warmup_steps: int, warmup_factor: float, total_steps: int, milestones: list[float], gamma: float
-    ) -> None:
-        super().__init__(warmup_steps, warmup_factor)
-        self.total_steps = total_steps
-        self.milestones = milestones  # fractions of total_steps
-        self.gamma = gamma
-
-    def decay(self, step: int) -> float:
-        return self.gamma ** sum(step >= round(m * self.total_steps) for m in self.milestones)
-
-
 def warmup_cosine(
     optimizer: Optimizer,
     *,
@@ -72,23 +58,3 @@ def warmup_cosine(
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     return LambdaLR(optimizer, _Cosine(warmup_steps, warmup_factor, int(total_steps), min_lr_ratio))
-
-
-def warmup_multistep(
-    optimizer: Optimizer,
-    *,
-    total_steps: int,
-    milestones: Sequence[float] = (0.8, 0.95),
-    gamma: float = 0.1,
-    warmup_steps: int = 150,
-    warmup_factor: float = 0.001,
-) -> LambdaLR:
-    """Linear warm-up, then multiply the lr by ``gamma`` at each milestone.
-
-    Args:
-        milestones: fractions of the run (0 < m < 1), so the schedule follows
-            ``trainer.max_epochs`` without editing.
-    """
-    if any(not 0.0 < m < 1.0 for m in milestones):
-        raise ValueError(f"milestones are fractions of the run in (0, 1), got {list(milestones)}")
-    return LambdaLR(optimizer, _Steps(warmup_steps, warmup_factor, int(total_steps), list(milestones), gamma))
