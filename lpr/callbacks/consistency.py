@@ -12,13 +12,9 @@ from torchvision.models.mobilenetv3 import InvertedResidual
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FeaturePyramidNetwork
 
+from lpr.classes import ConsistencyError, check_classes
 from lpr.models.maskrcnn import mobilenet_v3_fpn, resnet50_fpn_v2
 from lpr.plates import character_labels
-
-
-class ConsistencyError(ValueError):
-    """Two parts of a run disagree (head size vs classes, backbone vs config, data vs checkpoint)."""
-
 
 # The block each backbone builder puts in the body: what the config promises is what was built.
 BODY_BLOCKS = {mobilenet_v3_fpn: InvertedResidual, resnet50_fpn_v2: Bottleneck}
@@ -70,17 +66,6 @@ def check_backbone(model: nn.Module, net_cfg: dict) -> None:
     if "out_channels" in cfg and backbone.out_channels != cfg["out_channels"]:
         raise ConsistencyError(
             f"the FPN has {backbone.out_channels} channels but the config says out_channels={cfg['out_channels']}"
-        )
-
-
-def check_classes(expected: Sequence[str], found: Sequence[str], *, expected_from: str, found_from: str) -> None:
-    if list(expected) != list(found):
-        only_a = [c for c in expected if c not in found]
-        only_b = [c for c in found if c not in expected]
-        raise ConsistencyError(
-            f"class lists differ: {expected_from} has {list(expected)}, {found_from} has {list(found)} "
-            f"(only in the first: {only_a}; only in the second: {only_b}). To train a checkpoint on a new "
-            "class list, start a new run with init_from=CKPT."
         )
 
 

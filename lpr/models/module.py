@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from lpr.callbacks.consistency import check_classes
+from lpr.classes import check_classes
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
 from lpr.plates import character_labels
 
