@@ -16,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from lpr.callbacks.checkpoint import infer_mode
 from lpr.outputs import make_dir, write_text
 
 log = logging.getLogger("lpr.sweep")
@@ -24,8 +25,8 @@ SWEEP_SUMMARY = "sweep_summary.json"
 
 
 def optimization_direction(key: str) -> str:
-    """Optuna's direction for a metric key: losses are minimised, everything else maximised."""
-    return "minimize" if "loss" in key else "maximize"
+    """Optuna's direction for a metric key: the checkpoints' mode (:func:`lpr.callbacks.checkpoint.infer_mode`)."""
+    return {"min": "minimize", "max": "maximize"}[infer_mode(key)]
 
 
 def best_values(callbacks: list[Any]) -> dict[str, dict]:

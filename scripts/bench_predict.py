@@ -1,7 +1,7 @@
 """Predict overhead: ``lpr.predict`` per image vs the bare model forward on the same images.
 
     python scripts/bench_predict.py --ckpt CKPT [--images 30] [--repeats 5] [--threads 2] [--batch-size 1]
-    python scripts/bench_predict.py --ckpt CKPT --onnx MODEL.onnx [--images 75]
+    python scripts/bench_predict.py --ckpt CKPT --onnx MODEL.onnx [--images 75 | --folder IMAGES]
 
 With ``--onnx`` (an export of the checkpoint, ``python -m lpr.export``): ``lpr.predict`` with the
 export on onnxruntime vs with the checkpoint on PyTorch, side by side, and how their results agree
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--onnx", help="an export of the checkpoint: predict with it vs with the checkpoint")
+    parser.add_argument("--folder", help="with --onnx: read these images (e.g. a data set's images/val) instead")
     args = parser.parse_args()
     if args.onnx:
         return onnx_vs_torch(args)
@@ -91,8 +92,11 @@ def onnx_vs_torch(args: argparse.Namespace) -> None:
     readers = {"PyTorch": PlateReader.from_checkpoint(args.ckpt), "onnxruntime": PlateReader.from_onnx(args.onnx)}
     times: dict[str, list[float]] = {name: [] for name in readers}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = generate(Path(tmp) / "set", train=0, val=args.images, seed=5)
-        folder = paths["images"] / "val"
+        if args.folder:
+            folder = Path(args.folder)
+        else:
+            folder = generate(Path(tmp) / "set", train=0, val=args.images, seed=5)["images"] / "val"
+        count = len(list(folder.iterdir()))
 
         def full(name: str) -> float:
             stats = predict(readers[name], folder, Path(tmp) / name, batch_size=args.batch_size, verbose=False)
@@ -110,7 +114,7 @@ def onnx_vs_torch(args: argparse.Namespace) -> None:
     pt, ox = (statistics.median(times[name]) for name in readers)
     ratio = statistics.median(o / p for p, o in zip(times["PyTorch"], times["onnxruntime"], strict=True))
     print(
-        f"config: {args.images} synthetic 384x288 images (validation styles, seed 5), PyTorch batch "
+        f"config: {count} images of {args.folder or 'a synthetic set (validation styles, seed 5)'}, PyTorch batch "
         f"{args.batch_size} and {args.threads} threads, onnxruntime one image a run with its default threads, "
         f"{args.repeats} repeats alternating; checkpoint {args.ckpt}, export {args.onnx}"
     )
