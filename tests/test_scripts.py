@@ -76,3 +76,15 @@ def test_bench_train_prints_both_sides_and_their_ratio(tmp_path):
 def test_profile_step_prints_the_parts(tmp_path):
     out = _run(str(SCRIPTS / "profile_step.py"), "--steps", "2", *tiny_plate_data(tmp_path), "data.num_workers=0")
     assert "backbone.body" in out and "rpn" in out, out
+
+
+def test_gpu_check_is_valid_bash_and_runs_what_exists():
+    """A parse and a check of what it calls; it runs on a GPU machine only (its CUDA steps cannot run here)."""
+    script = SCRIPTS / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    root = SCRIPTS.parent
+    for path in re.findall(r"(?:tests|scripts)/[a-z_]+\.py", text):
+        assert (root / path).is_file(), path
+    for recipe in re.findall(r"\+experiment=([a-z_]+)", text):
+        assert (root / "conf" / "experiment" / f"{recipe}.yaml").is_file(), recipe
