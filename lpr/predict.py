@@ -1,4 +1,4 @@
-"""Reading plates: ``python -m lpr.predict ckpt_path=CKPT input=IMAGE_OR_DIR output=DIR``
+"""Reading plates: ``python -m lpr.predict ckpt_path=CKPT input=IMAGE_OR_DIR_OR_VIDEO output=DIR``
 or ``model=model.onnx``: ``ckpt_path`` (``model`` is another name for it) reads a checkpoint or,
 by its ``.onnx`` suffix, an export of one (``python -m lpr.export``, run by onnxruntime).
 
@@ -33,6 +33,8 @@ from lpr.onnx_reader import OnnxModelError
 from lpr.outputs import OutputError, make_dir, write_image, write_text
 from lpr.reader import PlateReader
 from lpr.results import ReaderBase, UnreadableImageError, load_image
+from lpr.stream import StreamError, is_stream, read_stream
+from lpr.tracks import PlateTracker
 
 log = logging.getLogger("lpr.predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -160,6 +162,19 @@ def run(cfg: DictConfig) -> int:
         reader: ReaderBase = PlateReader.from_onnx(cfg.ckpt_path, **options)
     else:
         reader = PlateReader.from_checkpoint(cfg.ckpt_path, **options)
+    if is_stream(cfg.input):
+        tracker = PlateTracker(
+            iou_thresh=cfg.track.iou_thresh, max_gap=cfg.track.max_gap, min_readings=cfg.track.min_readings
+        )
+        stats = read_stream(
+            reader, cfg.input, cfg.output, every_n_frames=cfg.every_n_frames, max_frames=cfg.max_frames, tracker=tracker
+        )
+        stopped = " (stopped: the events so far are written)" if stats["interrupted"] else ""
+        print(
+            f"{stats['frames']} frames ({stats['frames_read']} read), {stats['events']} plate events, "
+            f"{stats['frames_per_s']:.2f} frames/s -> {Path(cfg.output) / 'events.jsonl'}{stopped}"
+        )
+        return 130 if stats["interrupted"] else 0
     stats = predict(reader, cfg.input, cfg.output, batch_size=cfg.batch_size, draw=cfg.draw)
     print(
         f"{stats['images']} images, {stats['plates']} plates read, {len(stats['failed'])} failed, "
@@ -175,7 +190,7 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@clear_errors(CheckpointError, FileNotFoundError, OnnxModelError, OutputError)
+@clear_errors(CheckpointError, FileNotFoundError, OnnxModelError, OutputError, StreamError)
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:

@@ -1,0 +1,133 @@
+"""Video input: plates followed across frames give one event each, with the voted text."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lpr.results import ReaderBase
+from lpr.stream import read_stream
+from lpr.tracks import PlateTracker, vote
+
+TEXT = "12a3456"
+
+
+def write_video(path: Path, frames: int = 24, blurred: int = 10) -> None:
+    """A bright board moving right over a noisy dark scene; frame ``blurred`` is motion-blurred."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        frame = rng.integers(0, 60, (240, 320, 3), dtype=np.uint8)
+        x = 20 + 8 * i
+        cv2.rectangle(frame, (x, 100), (x + 90, 125), (235, 235, 235), -1)
+        cv2.putText(frame, "12 3456", (x + 5, 120), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (20, 20, 20), 2)
+        if i == blurred:
+            frame = cv2.blur(frame, (15, 1))
+        writer.write(frame)
+    writer.release()
+
+
+class BrightBoardReader(ReaderBase):
+    """A stand-in for the model (the model's own reading is tested elsewhere): the board is the bright
+    region of the frame; its text is TEXT, misread in a blurred frame (low Laplacian variance)."""
+
+    def __init__(self) -> None:
+        super().__init__(["dummy"])
+        self.frames = 0
+
+    def read(self, images, *, color="bgr"):
+        self.frames += 1
+        gray = cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY)
+        ys, xs = np.nonzero(gray > 200)
+        if not len(xs):
+            return [{"plates": []}]
+        board = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        sharp = cv2.Laplacian(board, cv2.CV_64F).var() > 4000
+        text = TEXT if sharp else "12a3488"
+        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        return [{"plates": [{"type": "l_board", "text": text, "box": box, "score": 0.9 if sharp else 0.6}]}]
+
+
+def test_a_plate_passing_by_is_one_event_with_the_voted_text(tmp_path):
+    video = tmp_path / "road.avi"
+    write_video(video)
+    reader = BrightBoardReader()
+    stats = read_stream(reader, video, tmp_path / "out", every_n_frames=2, verbose=False)
+    assert stats["frames"] == 24 and stats["frames_read"] == reader.frames == 12 and not stats["interrupted"]
+    assert reader.read([cv2.blur(np.full((50, 120, 3), 240, np.uint8), (15, 1))])[0]["plates"][0]["text"] != TEXT
+    lines = (tmp_path / "out" / "events.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and stats["events"] == 1
+    event = json.loads(lines[0])
+    assert event["text"] == TEXT and event["readings"] == 12
+    assert (event["first_frame"], event["last_frame"]) == (0, 22)
+    assert event["last_time_s"] == pytest.approx(22 / 25, abs=1e-3)
+    assert 0.5 < event["confidence"] < 1.0  # one reading disagreed
+    crop = cv2.imread(str(tmp_path / "out" / event["crop"]))
+    assert crop is not None and crop.shape[:2] == (26, 91)  # the board of the best frame
+
+
+def test_max_frames_and_a_second_plate_later_give_two_events(tmp_path):
+    video = tmp_path / "two.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
+    for i in range(30):
+        frame = np.zeros((240, 320, 3), np.uint8)
+        if i < 8 or 16 <= i < 24:  # one plate, a gap of 8 frames, another one far away
+            x = 20 + 4 * i if i < 8 else 200
+            cv2.rectangle(frame, (x, 40 if i < 8 else 170), (x + 80, 65 if i < 8 else 195), (240, 240, 240), -1)
+        writer.write(frame)
+    writer.release()
+    stats = read_stream(BrightBoardReader(), video, tmp_path / "out", max_frames=26, verbose=False)
+    assert stats["frames"] == 26
+    events = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert [(e["first_frame"], e["last_frame"]) for e in events] == [(0, 7), (16, 23)]
+
+
+def test_vote_takes_the_common_length_then_each_position():
+    assert vote([("12a3456", 0.9), ("12a3458", 0.5), ("12a3456", 0.8), ("1a3456", 0.4)])[0] == "12a3456"
+    assert vote([("123a4567", 0.5), ("12a4567", 0.9), ("123a4567", 0.6)])[0] == "123a4567"
+    assert vote([]) == ("", 0.0)
+    assert vote([("12a3456", 0.9)] * 3)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="iou_thresh"):
+        PlateTracker(iou_thresh=2.0)
+
+
+def test_predict_reads_a_video_through_the_cli(fast_run, tmp_path):
+    video = tmp_path / "road.avi"
+    write_video(video, frames=6)
+    ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
+    args = f"ckpt_path={ckpt}", f"input={video}", f"output={tmp_path / 'out'}", "every_n_frames=3"
+    proc = subprocess.run([sys.executable, "-m", "lpr.predict", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 frames (2 read)" in proc.stdout and (tmp_path / "out" / "events.jsonl").is_file()
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    for name, message in (("missing.mp4", "does not exist"), ("broken.mp4", "cannot be opened")):
+        args = f"ckpt_path={ckpt}", f"input={tmp_path / name}", f"output={tmp_path / 'x'}"
+        proc = subprocess.run([sys.executable, "-m", "lpr.predict", *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_stops_a_stream_and_keeps_what_was_written(fast_run, tmp_path):
+    video = tmp_path / "long.avi"
+    write_video(video, frames=300)
+    ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lpr.predict", f"ckpt_path={ckpt}", f"input={video}", f"output={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "events.jsonl").exists() and time.monotonic() < deadline:  # reading has begun
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "stopped: the events so far are written" in stdout and "Traceback" not in stderr
+    frames = int(stdout.split(" frames")[0].split()[-1])
+    assert 0 < frames < 300 and (out / "events.jsonl").is_file()
