@@ -172,3 +172,9 @@ def clear_errors(*error_types: type[BaseException]) -> Callable:
         return run
 
     return wrap
+
+
+def model_alias(argv: list[str]) -> list[str]:
+    """``model=PATH`` as ``ckpt_path=PATH``: on the command line Hydra would take ``model=`` for the
+    training configs' model group."""
+    return [f"ckpt_path={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lpr.checkpoint import CheckpointError
-from lpr.config_check import clear_errors
+from lpr.config_check import clear_errors, model_alias
 from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
 from lpr.onnx_reader import OnnxModelError
@@ -197,12 +197,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-def model_alias(argv: list[str]) -> list[str]:
-    """``model=PATH`` as ``ckpt_path=PATH``: on the command line Hydra would take ``model=`` for the
-    training configs' model group."""
-    return [f"ckpt_path={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
+def cli() -> None:
+    """The command line: ``model=`` is another name for ``ckpt_path=``."""
+    sys.argv = model_alias(sys.argv)
+    main()
 
 
 if __name__ == "__main__":
-    sys.argv = model_alias(sys.argv)
-    main()
+    cli()

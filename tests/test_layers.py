@@ -14,7 +14,7 @@ LAYERS = [
     {"lpr.models"},
     {"lpr.callbacks", "lpr.checkpoint"},
     {"lpr.config_check", "lpr.reader", "lpr.sweep"},
-    {"lpr.train", "lpr.predict", "lpr.evaluate", "lpr.export"},
+    {"lpr.train", "lpr.predict", "lpr.evaluate", "lpr.export", "lpr.serve"},
 ]
 
 

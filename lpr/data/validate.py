@@ -81,9 +81,6 @@ def _check_segmentation(seg, ann_id, width: int, height: int) -> str | None:
 def read_image_bgr(path: str | Path) -> np.ndarray:
     """Decode an image file as BGR uint8 ``(H, W, 3)``; grayscale is expanded, alpha dropped.
 
-    OpenCV decodes a truncated JPEG without an error (the missing part comes out
-    grey), so a JPEG must also end with its end-of-image marker.
-
     Raises:
         OSError: the file is missing, empty, a truncated JPEG, or not a decodable image.
     """
@@ -92,13 +89,25 @@ def read_image_bgr(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise OSError(f"cannot read image {path}: {e.strerror or e}") from None
+    return decode_image_bgr(data, f"image {path}")
+
+
+def decode_image_bgr(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode an encoded image (jpg, png, ...) as BGR uint8 ``(H, W, 3)``.
+
+    OpenCV decodes a truncated JPEG without an error (the missing part comes out
+    grey), so a JPEG must also end with its end-of-image marker.
+
+    Raises:
+        OSError: ``data`` is empty, a truncated JPEG, or not a decodable image (``name`` says which).
+    """
     if not data:
-        raise OSError(f"image {path} is an empty file")
+        raise OSError(f"{name} is an empty file")
     if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
-        raise OSError(f"image {path} is a truncated JPEG (no end-of-image marker)")
+        raise OSError(f"{name} is a truncated JPEG (no end-of-image marker)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise OSError(f"image {path} cannot be decoded (corrupt or not an image)")
+        raise OSError(f"{name} cannot be decoded (corrupt or not an image)")
     return image
 
 

@@ -1,0 +1,100 @@
+"""The reading service, as a client uses it: a real server on the loopback address."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx", reason='the service tests need the extra: pip install -e ".[serve]" httpx')
+pytest.importorskip("fastapi", reason='the service needs its extra: pip install -e ".[serve]"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(fast_run):
+    port = free_port()
+    ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
+    args = f"ckpt_path={ckpt}", f"port={port}", "max_upload_mb=1", "max_pixels=1000000", "batch_size=8"
+    proc = subprocess.Popen([sys.executable, "-m", "lpr.serve", *args], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_a_photo_is_read_raw_or_multipart_and_drawn(server, synth_dir):
+    image = next((synth_dir / "images" / "val").glob("*.jpg"))
+    raw = httpx.post(f"{server}/read", content=image.read_bytes(), headers={"content-type": "image/jpeg"}, timeout=60)
+    assert raw.status_code == 200, raw.text
+    result = raw.json()
+    assert {"image", "width", "height", "detections", "plates"} <= set(result) and (
+        result["width"],
+        result["height"],
+    ) == (384, 288)
+    files = {"file": (image.name, image.read_bytes(), "image/jpeg")}
+    drawn = httpx.post(f"{server}/read?draw=1", files=files, timeout=60)
+    assert drawn.status_code == 200 and drawn.json()["image"] == image.name
+    jpeg = cv2.imdecode(np.frombuffer(base64.b64decode(drawn.json()["drawn"]), np.uint8), cv2.IMREAD_COLOR)
+    assert jpeg.shape == (288, 384, 3)
+    assert [d["box"] for d in drawn.json()["detections"]] == [d["box"] for d in result["detections"]]
+
+
+def test_bad_uploads_get_one_clear_4xx_each(server, synth_dir):
+    good = next((synth_dir / "images" / "val").glob("*.jpg")).read_bytes()
+    big = cv2.imencode(".png", np.zeros((1100, 1000, 3), np.uint8))[1].tobytes()  # 1.1 MP, a small file
+    cases = {
+        b"this is no image": (400, "cannot be decoded"),
+        good[: len(good) // 2]: (400, "truncated JPEG"),
+        b"": (400, "empty"),
+        np.random.default_rng(0).bytes(2 * 2**20): (413, "over the limit"),
+        big: (413, "pixels, over the limit"),
+    }
+    for body, (status, message) in cases.items():
+        response = httpx.post(f"{server}/read", content=body, timeout=60)
+        assert response.status_code == status and message in response.json()["error"], response.text
+    assert httpx.post(f"{server}/read", files={"other": ("a.jpg", good)}, timeout=60).status_code == 400
+
+
+def test_fifty_concurrent_requests_are_all_answered_in_batches(server, synth_dir):
+    images = [p.read_bytes() for p in sorted((synth_dir / "images" / "val").glob("*.jpg"))]
+    before = httpx.get(f"{server}/health").json()["batches"]
+
+    def one(i: int) -> int:
+        return httpx.post(f"{server}/read", content=images[i % len(images)], timeout=300).status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(one, range(50)))
+    assert codes == [200] * 50
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["batches"] - before < 50  # some requests shared a forward pass
+
+
+def test_the_page_and_info(server, fast_run):
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and 'type="file"' in page.text and "read?draw=1" in page.text
+    info = httpx.get(f"{server}/info").json()
+    from lpr.checkpoint import load
+
+    assert info["classes"] == load(fast_run[0] / "checkpoints" / "last.ckpt").classes
+    assert info["reading"]["sub_pattern"] and info["limits"]["max_pixels"] == 1000000
