@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -98,3 +101,40 @@ def test_the_page_and_info(server, fast_run):
 
     assert info["classes"] == load(fast_run[0] / "checkpoints" / "last.ckpt").classes
     assert info["reading"]["sub_pattern"] and info["limits"]["max_pixels"] == 1000000
+
+
+def test_the_page_reads_a_photo_in_a_real_browser(server, synth_dir, tmp_path):
+    """Chromium, headless (Debian's chromium and chromium-driver, and selenium): pick a photo on the page,
+    and the drawn result and the plate text appear. The screenshot is kept in $LPR_TEST_ARTIFACTS (or
+    the test's temporary folder)."""
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="the browser test needs selenium (pip install selenium)"
+    )
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("no browser: apt-get install chromium chromium-driver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.get(f"{server}/")
+        image = next((synth_dir / "images" / "val").glob("*.jpg"))
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(driver, 120).until(
+            lambda d: (d.find_element(By.ID, "drawn").get_attribute("src") or "").startswith("data:image/jpeg;base64,")
+        )
+        status = driver.find_element(By.ID, "status").text
+        assert image.name in status and "detections" in status, status
+        assert driver.find_element(By.ID, "plates").text  # a plate's text, or "no plate read"
+        assert driver.execute_script("return document.getElementById('drawn').naturalWidth") == 384
+        assert not driver.find_element(By.ID, "error").text
+        shot = Path(os.environ.get("LPR_TEST_ARTIFACTS", tmp_path)) / "serve_page.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+    finally:
+        driver.quit()
