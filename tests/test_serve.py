@@ -138,3 +138,12 @@ def test_the_page_reads_a_photo_in_a_real_browser(server, synth_dir, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
     finally:
         driver.quit()
+
+
+def test_bench_serve_prints_requests_per_second(fast_run):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_serve.py"
+    ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
+    args = "--ckpt", str(ckpt), "--images", "2", "--requests", "2", "--concurrency", "1", "--batch-size", "1"
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "requests/s, latency p50" in proc.stdout and "images/s, the same images" in proc.stdout
