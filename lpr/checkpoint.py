@@ -123,8 +123,98 @@ RETIRED_OPTIONS: dict[tuple[str, ...], Any] = {
 LAST_WITH_RETIRED = "lpr 0.1.0 (git checkout fb133f6)"
 
 
-def without_retired_options(hparams: dict, path: str | os.PathLike) -> dict:
-    """``hparams`` of a checkpoint without the options lpr 0.2 removed, where they were off.
+# The model config of lpr 0.1-0.2: build_maskrcnn took each setting as a flag. From 0.3 each part has
+# its own _target_; a checkpoint of 0.1-0.2 is rebuilt from its flags mapped onto the parts (the
+# weights keep their names).
+FLAT_NET_KEYS = {
+    "transform": {
+        "min_size": "min_size",
+        "max_size": "max_size",
+        "train_crop": "crop",
+        "soft_mask_targets": "soft_masks",
+    },
+    "rpn": {
+        "anchor_sizes": "anchor_sizes",
+        "aspect_ratios": "aspect_ratios",
+        "anchor_scale": "anchor_scale",
+        "rpn_pre_nms_top_n_train": "pre_nms_top_n_train",
+        "rpn_post_nms_top_n_train": "post_nms_top_n_train",
+        "rpn_pre_nms_top_n_test": "pre_nms_top_n_test",
+        "rpn_post_nms_top_n_test": "post_nms_top_n_test",
+        "rpn_batch_size_per_image": "batch_size_per_image",
+    },
+    "box_head": {"representation_size": "representation_size"},
+    "mask_head": {
+        "mask_head_layers": "layers",
+        "mask_pixel_channels": "pixel_channels",
+        "mask_fusion_channels": "fusion_channels",
+    },
+    "roi_heads": {
+        "box_batch_size_per_image": "batch_size_per_image",
+        "box_positive_fraction": "positive_fraction",
+        "box_fg_iou_thresh": "fg_iou_thresh",
+        "box_bg_iou_thresh": "bg_iou_thresh",
+        "box_detections_per_img": "detections_per_img",
+        "box_score_thresh": "score_thresh",
+    },
+}
+READER_OPTIONS = ("char_nms_thresh", "char_cover_thresh", "score_weight")  # of the RoI heads, kept in char_reader
+
+
+def net_as_parts(net: dict) -> dict:
+    """A model config (``model.net``) of lpr 0.1-0.2, one builder taking flags, as the parts lpr builds now;
+    a config in parts is returned as it is."""
+    if net.get("_target_") != "lpr.models.maskrcnn.build_maskrcnn" or "rpn" in net:
+        return net
+    flat = copy.deepcopy(net)
+    parts: dict[str, Any] = {"_target_": flat.pop("_target_")}
+    backbone = flat.pop("backbone")
+    backbone["_target_"] = backbone["_target_"].replace("lpr.models.maskrcnn.", "lpr.models.backbones.")
+    parts["backbone"] = backbone
+    targets = {
+        "transform": "lpr.models.transform.DetectionTransform",
+        "rpn": "lpr.models.heads.rpn",
+        "box_head": "lpr.models.heads.box_branch",
+        "mask_head": "lpr.models.heads.pixel_mask_branch"
+        if flat.get("mask_pixel_channels")
+        else "lpr.models.heads.mask_branch",
+        "roi_heads": "lpr.models.roi_heads.ReadingRoIHeads",
+    }
+    for part, keys in FLAT_NET_KEYS.items():
+        parts[part] = {"_target_": targets[part]} | ({} if part == "transform" else {"_partial_": True})
+        parts[part] |= {new: flat.pop(old) for old, new in keys.items() if old in flat}
+    if parts["mask_head"]["_target_"].endswith(".mask_branch"):
+        parts["mask_head"] = {k: v for k, v in parts["mask_head"].items() if not k.endswith("_channels")}
+    elif parts["mask_head"].get("fusion_channels") is None:
+        parts["mask_head"]["fusion_channels"] = []
+    pool = (
+        "lpr.models.roi_align.SparseMultiScaleRoIAlign"
+        if flat.pop("sparse_roi_align", True)
+        else "torchvision.ops.MultiScaleRoIAlign"
+    )
+    for part in ("box_head", "mask_head"):
+        parts[part]["roi_pool"] = {"_target_": pool, "_partial_": True}
+    reader = flat.pop("char_reader", None)
+    parts["char_reader"] = None
+    if reader is not None:
+        parts["roi_heads"] |= {k: reader.pop(k) for k in READER_OPTIONS if k in reader}
+        background = bool(parts["roi_heads"].get("score_weight"))
+        parts["char_reader"] = {
+            "_target_": "lpr.models.char_reader.CharReader",
+            "_partial_": True,
+            **reader,
+            "background": background,
+        }
+    if flat:
+        raise CheckpointError(
+            f"model.net options {sorted(flat)} of an lpr 0.2 checkpoint have no place in this lpr's model"
+        )
+    return parts
+
+
+def current_hparams(hparams: dict, path: str | os.PathLike) -> dict:
+    """``hparams`` of a checkpoint as this lpr builds them: without the options lpr 0.2 removed (where
+    they were off), and a model config of lpr 0.1-0.2 (one builder taking flags) turned into parts.
 
     Raises:
         CheckpointError: the checkpoint was trained with one of them on.
@@ -144,6 +234,8 @@ def without_retired_options(hparams: dict, path: str | os.PathLike) -> dict:
                 f"checkpoint {path} was trained with {option}={value!r}, an option lpr {lpr.__version__} no "
                 f"longer has (docs/recipe.md records its runs): load it with {LAST_WITH_RETIRED}"
             )
+    if isinstance(hparams.get("net"), dict):
+        hparams["net"] = net_as_parts(hparams["net"])
     return hparams
 
 
@@ -162,7 +254,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
             weights do not fit the model its own config describes.
     """
     ckpt = read_checkpoint(path, map_location)
-    module = MaskRCNNModule(**without_retired_options(ckpt["hyper_parameters"], path))
+    module = MaskRCNNModule(**current_hparams(ckpt["hyper_parameters"], path))
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -84,7 +84,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.metrics.dv.min_points", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("model.metrics.plates.score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.metrics.plates.char_nms_iou", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("model.net.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("model.net.rpn.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
 ]
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lpr.callbacks.checkpoint import CheckpointMetadata
 from lpr.callbacks.consistency import ConsistencyError
-from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, read_checkpoint, without_retired_options
+from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, current_hparams, read_checkpoint
 from lpr.config_check import ConfigError, RunFolderInUse, check_output_dir, clear_errors, validate_train_config
 from lpr.data.validate import ClassMismatchError, DataValidationError
 from lpr.hardware import cpu_precision, enlarge_onednn_cache
@@ -78,7 +78,7 @@ def build_module(cfg: DictConfig, classes: list[str], ckpt_path: str | None) -> 
     """The LightningModule: from the checkpoint's own hyperparameters on resume, else from ``cfg.model``."""
     if ckpt_path:
         ckpt = read_checkpoint(ckpt_path)
-        hparams = without_retired_options(ckpt["hyper_parameters"], ckpt_path)
+        hparams = current_hparams(ckpt["hyper_parameters"], ckpt_path)
         if list(hparams["classes"]) != list(classes):
             raise ValueError(
                 f"cannot resume {ckpt_path}: it was trained on classes {hparams['classes']} but the data set "

@@ -10,12 +10,41 @@ import cv2
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lpr.data.synth import generate
 from lpr.train import train
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+# the model config's parts (conf/model/maskrcnn_mobilenet.yaml), at sizes that train in seconds
+TINY_SIZES = {
+    "backbone": {"out_channels": 32},
+    "transform": {"min_size": 128, "max_size": 160},
+    "box_head": {"representation_size": 64},
+    "mask_head": {"layers": [16]},
+}
+
+
+def tiny_net(**parts) -> dict:
+    """``model.net`` of the CPU model config (its defaults, from the YAML) at tiny sizes, each part
+    of ``parts`` (e.g. ``rpn={"anchor_scale": 2.0}``) merged into it; a part given as ``None`` is removed."""
+    net = OmegaConf.load(Path(CONF) / "model" / "maskrcnn_mobilenet.yaml").net
+    net = OmegaConf.merge(net, TINY_SIZES, {k: v for k, v in parts.items() if v is not None})
+    net = OmegaConf.to_container(net, resolve=True)
+    return {k: v for k, v in net.items() if k not in parts or parts[k] is not None}
+
+
+def tiny_model(num_classes: int, char_labels: list[int] | None = None, **parts):
+    """A Mask R-CNN built from :func:`tiny_net` (``char_reader`` needs ``char_labels``)."""
+    extra = {} if char_labels is None else {"char_labels": char_labels}
+    return instantiate(tiny_net(**parts), num_classes=num_classes, **extra, _convert_="all")
+
+
+READER = {"_target_": "lpr.models.char_reader.CharReader", "_partial_": True, "size": 16, "channels": [8, 16]}
 
 
 def compose_cfg(tmp: Path, *overrides: str):

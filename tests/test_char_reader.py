@@ -6,12 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import READER, tiny_model, tiny_net
+from hydra.errors import InstantiationException
 from torchvision.ops import box_iou
 
 from lpr.callbacks.consistency import ConsistencyError, check_heads
-from lpr.models.char_reader import CharReader, ReadingRoIHeads, square_boxes, suppress_covered
-from lpr.models.maskrcnn import LevelRPN, build_maskrcnn, mobilenet_v3_fpn
+from lpr.models.char_reader import CharReader, square_boxes, suppress_covered
+from lpr.models.heads import LevelRPN
 from lpr.models.module import MaskRCNNModule
+from lpr.models.roi_heads import ReadingRoIHeads
 
 TINY_READER = {"size": 16, "channels": [8, 16]}
 
@@ -27,18 +30,10 @@ def force_reader(reader: CharReader, index: int, runner_up: int | None = None) -
             reader.classifier.bias[runner_up] = math.log(0.4)
 
 
-def tiny_model(char_labels: list[int], num_classes: int, **kwargs) -> torch.nn.Module:
-    kwargs.setdefault("char_reader", TINY_READER)
-    return build_maskrcnn(
-        num_classes=num_classes,
-        backbone=mobilenet_v3_fpn(out_channels=32),
-        min_size=128,
-        max_size=160,
-        representation_size=64,
-        mask_head_layers=[16],
-        char_labels=char_labels,
-        **kwargs,
-    )
+def reading_model(char_labels: list[int], num_classes: int, background: bool = False, **roi_heads) -> torch.nn.Module:
+    """A tiny Mask R-CNN with a reader; ``roi_heads``: the RoI heads' settings."""
+    reader = {**READER, "background": background}
+    return tiny_model(num_classes, char_labels, char_reader=reader, roi_heads=roi_heads)
 
 
 def test_square_boxes_keep_the_centre_and_take_the_longer_side_plus_context():
@@ -62,7 +57,7 @@ def test_reader_loss_is_on_the_character_targets_in_its_own_label_order():
 def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_the_box():
     # labels 1 and 2 are characters, 3 a board; the box classifier splits every proposal 0.45 / 0.45 / 0.1,
     # so on its own no character would pass a 0.5 score threshold
-    model = tiny_model(char_labels=[1, 2], num_classes=4, box_detections_per_img=1000).eval()
+    model = reading_model([1, 2], 4, detections_per_img=1000).eval()
     heads = model.roi_heads
     assert isinstance(heads, ReadingRoIHeads) and isinstance(model.rpn, LevelRPN)
     with torch.no_grad():
@@ -87,7 +82,7 @@ def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_t
 
 
 def test_reader_trains_on_the_true_boxes_apart_from_the_detector():
-    model = tiny_model(char_labels=[1, 2], num_classes=4).train()
+    model = reading_model([1, 2], 4).train()
     target = {
         "boxes": torch.tensor([[20.0, 30.0, 40.0, 70.0], [60.0, 10.0, 150.0, 40.0]]),
         "labels": torch.tensor([2, 3]),
@@ -103,13 +98,7 @@ def test_reader_trains_on_the_true_boxes_apart_from_the_detector():
 
 
 def test_module_tells_the_reader_which_classes_are_characters():
-    net = {
-        "_target_": "lpr.models.maskrcnn.build_maskrcnn",
-        "backbone": {"_target_": "lpr.models.maskrcnn.mobilenet_v3_fpn", "out_channels": 32},
-        "representation_size": 64,
-        "mask_head_layers": [16],
-        "char_reader": TINY_READER,
-    }
+    net = tiny_net(char_reader=READER)
     classes = ["l_board", "0", "7", "l_s_n", "a"]
     module = MaskRCNNModule(classes=classes, net=net, optimizer={"_target_": "torch.optim.AdamW"})
     assert module.model.roi_heads.reader.char_labels.tolist() == [2, 3, 5]
@@ -119,7 +108,7 @@ def test_module_tells_the_reader_which_classes_are_characters():
 
 
 def test_consistency_check_names_a_reader_built_for_other_character_labels():
-    model = tiny_model(char_labels=[1, 2], num_classes=4)
+    model = reading_model([1, 2], 4)
     check_heads(model, ["0", "1", "l_board"])  # characters are labels 1, 2: consistent
     with pytest.raises(ConsistencyError, match=r"reader reads labels \[1, 2\].*labels \[1, 3\]"):
         check_heads(model, ["0", "l_board", "1"])
@@ -148,8 +137,7 @@ def test_characters_have_their_own_nms_threshold():
     assert box_iou(proposals[:1], proposals[1:2]).item() == pytest.approx(17 / 40)  # its upper 17 of 40 px
     kept = {}
     for thresh in (None, 0.3):
-        heads = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "char_nms_thresh": thresh})
-        heads = heads.eval().roi_heads
+        heads = reading_model([1, 2], 4, char_nms_thresh=thresh).eval().roi_heads
         fixed_character_heads(heads, 0.9)
         kept[thresh] = len(character_boxes(heads, proposals))
     assert heads.nms_thresh == 0.5 and kept == {None: 3, 0.3: 2}
@@ -179,15 +167,13 @@ def test_characters_covered_by_a_better_character_box_are_dropped():
     regression = torch.zeros(3, 4 * 4)
     kept = {}
     for cover in (None, 0.6):
-        char_reader = {**TINY_READER, "char_nms_thresh": 0.3, "char_cover_thresh": cover}
-        heads = tiny_model(char_labels=[1, 2], num_classes=4, char_reader=char_reader).eval().roi_heads
-        heads._images = torch.rand(1, 3, 128, 160)
-        boxes, scores, _ = heads.postprocess_detections(logits, regression, [proposals], [(128, 160)])
+        heads = reading_model([1, 2], 4, char_nms_thresh=0.3, char_cover_thresh=cover).eval().roi_heads
+        boxes, scores, _ = heads.detect(torch.rand(1, 3, 128, 160), logits, regression, [proposals], [(128, 160)])
         kept[cover] = [proposals.tolist().index(box) for box in boxes[0].tolist()]
         assert torch.allclose(scores[0], char_probs[kept[cover]], atol=1e-4)
     assert kept == {None: [0, 1, 2], 0.6: [0, 2]}
-    with pytest.raises(ValueError, match="char_cover_thresh"):
-        tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "char_cover_thresh": 1.5})
+    with pytest.raises(InstantiationException, match="char_cover_thresh"):
+        reading_model([1, 2], 4, char_cover_thresh=1.5)
 
 
 def test_reader_crops_each_character_jittered_and_matches_them_with_as_many_negatives():
@@ -203,7 +189,7 @@ def test_reader_crops_each_character_jittered_and_matches_them_with_as_many_nega
     assert len(boxes) == 2 and not torch.equal(boxes, chars)  # jittered
     assert torch.allclose((boxes[:, :2] + boxes[:, 2:]) / 2, (chars[:, :2] + chars[:, 2:]) / 2, atol=2.0)
     assert loss.item() == pytest.approx(40.0 / 2, rel=1e-3)  # half the crops wrong by 40 nats
-    model = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "score_weight": 0.5})
+    model = reading_model([1, 2], 4, background=True, score_weight=0.5)
     far = torch.tensor([[100.0, 70.0, 120.0, 110.0]] * 10)
     assert len(model.roi_heads._negatives(far, {"boxes": target["boxes"], "labels": torch.tensor([1, 2])})) == 2
 
@@ -225,7 +211,7 @@ def test_reader_learns_not_a_character_from_proposals_that_match_none():
 
 
 def test_negatives_overlap_no_character_and_half_of_them_touch_one():
-    model = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "score_weight": 0.5})
+    model = reading_model([1, 2], 4, background=True, score_weight=0.5)
     heads = model.roi_heads
     chars = torch.tensor([[10.0, 10.0, 30.0, 50.0], [40.0, 10.0, 60.0, 50.0], [70.0, 10.0, 90.0, 50.0]])
     board = torch.tensor([[0.0, 0.0, 100.0, 60.0]])
@@ -245,7 +231,7 @@ def test_negatives_overlap_no_character_and_half_of_them_touch_one():
 
 
 def test_score_weight_mixes_the_readers_character_probability_into_the_score():
-    model = tiny_model(char_labels=[1, 2], num_classes=4, char_reader={**TINY_READER, "score_weight": 0.25}).eval()
+    model = reading_model([1, 2], 4, background=True, score_weight=0.25).eval()
     heads = model.roi_heads
     fixed_character_heads(heads, 0.4)  # under 0.5 on its own
     force_reader(heads.reader, 1, runner_up=2)  # label 2 with 0.6, "not a character" 0.4
@@ -253,8 +239,8 @@ def test_score_weight_mixes_the_readers_character_probability_into_the_score():
         detections = model([torch.rand(3, 128, 160)])[0]
     assert len(detections["scores"]) and (detections["labels"] == 2).all()
     assert torch.allclose(detections["scores"], torch.tensor(0.75 * 0.4 + 0.25 * 0.6), atol=1e-3)
-    with pytest.raises(ValueError, match="not a character"):
-        ReadingRoIHeads.around(heads, CharReader([1, 2], **TINY_READER), score_weight=0.5)
+    with pytest.raises(InstantiationException, match="not a character"):
+        reading_model([1, 2], 4, background=False, score_weight=0.5)
 
 
 def test_box_head_iou_thresholds_decide_which_proposals_learn_an_object():
@@ -263,7 +249,7 @@ def test_box_head_iou_thresholds_decide_which_proposals_learn_an_object():
     assert box_iou(proposals, gt)[:, 0].tolist() == pytest.approx([96 / 184, 77 / 203, 0.0])  # 0.52, 0.38, 0
     labels = {}
     for fg, bg in ((0.5, 0.5), (0.35, 0.35), (0.5, 0.3)):
-        heads = tiny_model(char_labels=[1, 2], num_classes=4, box_fg_iou_thresh=fg, box_bg_iou_thresh=bg).roi_heads
+        heads = reading_model([1, 2], 4, fg_iou_thresh=fg, bg_iou_thresh=bg).roi_heads
         _, assigned = heads.assign_targets_to_proposals([proposals], [gt], [torch.tensor([2])])
         labels[fg, bg] = assigned[0].tolist()
     # positive (the label), background (0) or left out (-1)

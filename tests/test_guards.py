@@ -7,6 +7,7 @@ import logging
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_net
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lpr.callbacks.checkpoint import CheckpointMetadata, KeywordCheckpoint
@@ -16,14 +17,9 @@ from lpr.checkpoint import load
 from lpr.data import CocoDataModule
 from lpr.models.module import MaskRCNNModule
 
-TINY_NET = {
-    "_target_": "lpr.models.maskrcnn.build_maskrcnn",
-    "backbone": {"_target_": "lpr.models.maskrcnn.mobilenet_v3_fpn", "out_channels": 32},
-    "representation_size": 64,
-    "mask_head_layers": [16],
-    "rpn_post_nms_top_n_test": 50,
-    "box_detections_per_img": 20,
-}
+TINY_NET = tiny_net(
+    transform={"min_size": 288, "max_size": 384}, rpn={"post_nms_top_n_test": 50}, roi_heads={"detections_per_img": 20}
+)
 
 
 class FakeReader:
@@ -150,7 +146,7 @@ def test_mask_head_mismatch(tmp_path, datamodule):
 
 def test_backbone_type_mismatch(tmp_path, datamodule):
     module = _module(datamodule.classes)
-    module.hparams["net"]["backbone"]["_target_"] = "lpr.models.maskrcnn.resnet50_fpn_v2"
+    module.hparams["net"]["backbone"]["_target_"] = "lpr.models.backbones.resnet50_fpn_v2"
     with pytest.raises(ConsistencyError, match=r"asks for backbone .*resnet50_fpn_v2 \(Bottleneck blocks\)"):
         _trainer(tmp_path).fit(module, datamodule=datamodule)
 

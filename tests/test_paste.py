@@ -7,18 +7,14 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_model
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.ops import roi_align
 
-from lpr.models.char_reader import IMAGE_KEY
-from lpr.models.maskrcnn import (
-    DetectionTransform,
-    PixelMaskHead,
-    PixelMaskRoIPool,
-    build_maskrcnn,
-    mobilenet_v3_fpn,
-)
+from lpr.models.backbones import IMAGE_KEY
+from lpr.models.heads import PixelMaskHead, PixelMaskRoIPool
 from lpr.models.paste import paste_masks
+from lpr.models.transform import DetectionTransform
 
 
 def training_target(mask: torch.Tensor, box: torch.Tensor, scale: float, m: int = 28) -> tuple[torch.Tensor, tuple]:
@@ -70,8 +66,7 @@ def test_a_mask_projected_for_training_and_pasted_back_is_the_mask_again():
 def test_a_model_pastes_its_masks_as_float32_in_the_image_under_bf16():
     image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2))
     torch.manual_seed(0)
-    backbone = mobilenet_v3_fpn(out_channels=32)
-    model = build_maskrcnn(num_classes=3, backbone=backbone, representation_size=32, mask_head_layers=[16]).eval()
+    model = tiny_model(3).eval()
     with torch.no_grad():
         out = model([image])[0]
     assert len(out["boxes"]) > 0
@@ -95,10 +90,8 @@ def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learn
     torch.testing.assert_close(pixels[:, 0], targets)
 
     torch.manual_seed(0)
-    model = build_maskrcnn(
-        num_classes=3, backbone=mobilenet_v3_fpn(out_channels=32), representation_size=32, mask_head_layers=[16],
-        mask_pixel_channels=[8, 8], mask_fusion_channels=fusion, soft_mask_targets=soft,
-    )  # fmt: skip
+    pixel_branch = {"_target_": "lpr.models.heads.pixel_mask_branch", "pixel_channels": [8, 8]}
+    model = tiny_model(3, mask_head={**pixel_branch, "fusion_channels": fusion}, transform={"soft_masks": soft})
     assert isinstance(model.roi_heads.mask_head, PixelMaskHead)
     predictor = model.roi_heads.mask_predictor
     assert len(predictor.fusion) == 2 * len(fusion or [])
@@ -114,11 +107,6 @@ def test_the_pixel_mask_head_sees_each_rois_pixels_on_its_targets_grid_and_learn
     with torch.no_grad():
         out = model.eval()([image[0]])[0]
     assert out["masks"].shape == (len(out["boxes"]), 1, 96, 128)
-
-
-def test_mask_fusion_needs_the_pixel_features():
-    with pytest.raises(ValueError, match="set mask_pixel_channels too"):
-        build_maskrcnn(num_classes=3, backbone=mobilenet_v3_fpn(out_channels=16), mask_fusion_channels=[8])
 
 
 def test_soft_mask_targets_are_resized_as_the_image_is():

@@ -75,8 +75,8 @@ def test_optuna_search_composes_with_direction_from_the_monitored_key():
     assert sweeper._target_.endswith("OptunaSweeper")
     assert OmegaConf.to_container(sweeper, resolve=True)["direction"] == "maximize"  # val/EIR
     assert set(sweeper.params) == {
-        "model.optimizer.lr", "model.optimizer.weight_decay", "model.net.anchor_scale",
-        "model.net.box_batch_size_per_image",
+        "model.optimizer.lr", "model.optimizer.weight_decay", "model.net.rpn.anchor_scale",
+        "model.net.roi_heads.batch_size_per_image",
     }  # fmt: skip
     cfg = _hydra_cfg(
         "+experiment=plate", "hparams_search=plate_optuna", "checkpoint.monitor=val/loss", "paths.output_dir=x"

@@ -117,7 +117,7 @@ def test_resume_continues_steps_with_the_checkpoints_model_config(fast_run):
         out.parent / "resumed",
         f"ckpt_path={ckpt}",
         "trainer.max_epochs=3",
-        "model.net.representation_size=64",
+        "model.net.box_head.representation_size=64",
     )
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 18

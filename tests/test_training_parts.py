@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+from conftest import CONF, READER, tiny_model, tiny_net
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lpr.callbacks.budget import TimeBudget
 from lpr.callbacks.checkpoint import checkpoint_callbacks, infer_mode
 from lpr.callbacks.progress import format_eta
-from lpr.checkpoint import CheckpointError, load
+from lpr.checkpoint import CheckpointError, load, net_as_parts
 from lpr.data import CocoDataModule
 from lpr.hardware import cpu_flags, cpu_precision
-from lpr.models.maskrcnn import (
-    BackboneWithImage,
-    DetectionTransform,
-    Float32Conv2d,
-    LevelRPN,
-    build_maskrcnn,
-    mobilenet_v3_fpn,
-)
+from lpr.models.backbones import BackboneWithImage, Float32Conv2d, mobilenet_v3_fpn
+from lpr.models.heads import LevelRPN
 from lpr.models.module import MaskRCNNModule
 from lpr.models.schedules import warmup_cosine
+from lpr.models.transform import DetectionTransform
 
-NET = {
-    "_target_": "lpr.models.maskrcnn.build_maskrcnn",
-    "backbone": {"_target_": "lpr.models.maskrcnn.mobilenet_v3_fpn", "out_channels": 32},
-    "representation_size": 64,
-    "mask_head_layers": [16],
-}
+NET = tiny_net(transform={"min_size": 288, "max_size": 384})
+# model.net as lpr 0.2.0 stored it for +experiment=plate: one builder taking flags
+NET_0_2 = json.loads((Path(__file__).parent / "data" / "net_lpr_0.2_plate.json").read_text())
 
 
 def quiet_trainer(**kw) -> L.Trainer:
@@ -109,13 +108,20 @@ def test_weights_decay_and_norms_and_biases_do_not(synth_dir):
 def test_checkpoints_of_lpr_0_1_load_unless_they_used_a_removed_option(fast_run, tmp_path):
     ckpt = torch.load(fast_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
     hparams = ckpt["hyper_parameters"]
+    hparams["net"] = copy.deepcopy(NET_0_2)  # the run's model config as lpr 0.1-0.2 wrote it: builder flags
     hparams |= {"loss_weights": None, "lr_multipliers": None}  # as lpr 0.1 wrote them: off
     hparams["net"] |= {"pixel_head": None, "rpn_featmap_names": None, "exact_paste": True, "mask_boundary_weight": 1.0}
     hparams["net"]["char_reader"] |= {"agnostic": False, "repeats": 1}
     hparams["net"]["backbone"]["stage_end"] = False
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
-    assert load(old).classes == load(fast_run[0] / "checkpoints" / "last.ckpt").classes
+    loaded = [load(old), load(fast_run[0] / "checkpoints" / "last.ckpt")]  # the weights fit the model rebuilt
+    assert loaded[0].classes == loaded[1].classes
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = [c.model([image])[0] for c in loaded]
+    for key in out[0]:
+        torch.testing.assert_close(out[0][key], out[1][key])
     hparams["net"]["char_reader"]["agnostic"] = True
     torch.save(ckpt, old)
     with pytest.raises(
@@ -182,7 +188,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 def test_checkpoint_of_another_model_is_named(fast_run, tmp_path):
     """Weights that do not fit the model its own config describes (e.g. from another architecture)."""
     ckpt = torch.load(fast_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
-    ckpt["hyper_parameters"]["net"]["representation_size"] = 256  # the stored weights are for 512
+    ckpt["hyper_parameters"]["net"]["box_head"]["representation_size"] = 256  # the stored weights are for 512
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match=r"other\.ckpt: weights do not fit the model its config describes"):
@@ -225,21 +231,20 @@ def test_cpu_precision_follows_the_cpu_flags(tmp_path, flags, precision):
 
 
 def test_heads_that_read_pixels_get_the_input_and_the_rpn_does_not():
-    model = build_maskrcnn(
-        num_classes=3,
-        backbone=mobilenet_v3_fpn(out_channels=32),
-        min_size=128,
-        max_size=160,
-        representation_size=64,
-        mask_head_layers=[16],
-        char_reader={"size": 16, "channels": [8, 16]},
-        char_labels=[1, 2],
-    )
+    model = tiny_model(3, [1, 2], char_reader=READER)
     assert isinstance(model.backbone, BackboneWithImage)
     assert isinstance(model.rpn, LevelRPN) and model.rpn.featmap_names == ["0", "1", "2", "pool"]
     assert "backbone.body.0.0.weight" in model.state_dict()  # the body keeps its keys
-    with pytest.raises(ValueError, match=r"one tuple per feature map of the RPN \(4: \['0', '1', '2', 'pool'\]\)"):
-        build_maskrcnn(num_classes=3, backbone=mobilenet_v3_fpn(out_channels=32), anchor_sizes=[[16], [32]])
+    with pytest.raises(Exception, match=r"one tuple per feature map of the RPN \(4: \['0', '1', '2', 'pool'\]\)"):
+        tiny_model(3, rpn={"anchor_sizes": [[16], [32]]})
+
+
+def test_a_model_config_of_lpr_0_2_is_the_plate_recipe_in_parts():
+    parts = net_as_parts(NET_0_2)
+    assert net_as_parts(parts) is parts  # a config in parts is left as it is
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=plate"])
+    assert parts == OmegaConf.to_container(cfg.model.net, resolve=True)
 
 
 def test_time_budget_stops_on_time_with_the_schedule_ending_there(synth_dir):

@@ -13,7 +13,7 @@ from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FeaturePyramidNetwork
 
 from lpr.classes import ConsistencyError, check_classes
-from lpr.models.maskrcnn import mobilenet_v3_fpn, resnet50_fpn_v2
+from lpr.models.backbones import mobilenet_v3_fpn, resnet50_fpn_v2
 from lpr.plates import character_labels
 
 # The block each backbone builder puts in the body: what the config promises is what was built.
