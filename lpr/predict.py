@@ -167,13 +167,21 @@ def run(cfg: DictConfig) -> int:
             iou_thresh=cfg.track.iou_thresh, max_gap=cfg.track.max_gap, min_readings=cfg.track.min_readings
         )
         stats = read_stream(
-            reader, cfg.input, cfg.output, every_n_frames=cfg.every_n_frames, max_frames=cfg.max_frames, tracker=tracker
+            reader,
+            cfg.input,
+            cfg.output,
+            every_n_frames=cfg.every_n_frames,
+            max_frames=cfg.max_frames,
+            tracker=tracker,
+            video=cfg.get("video"),
         )
         stopped = " (stopped: the events so far are written)" if stats["interrupted"] else ""
         print(
             f"{stats['frames']} frames ({stats['frames_read']} read), {stats['events']} plate events, "
             f"{stats['frames_per_s']:.2f} frames/s -> {Path(cfg.output) / 'events.jsonl'}{stopped}"
         )
+        if stats["video"]:
+            print(f"annotated video: {stats['video']}")
         return 130 if stats["interrupted"] else 0
     stats = predict(reader, cfg.input, cfg.output, batch_size=cfg.batch_size, draw=cfg.draw)
     print(

@@ -4,8 +4,10 @@
 (or ``input=0`` for camera 0, ``input=rtsp://...``). Every ``every_n_frames``-th frame is
 read; plates are followed across frames (:class:`lpr.tracks.PlateTracker`), and each
 finished track is one line of ``DIR/events.jsonl``, written and flushed as it
-finishes, with a crop of its best board in ``DIR/crops/``. Ctrl-C stops cleanly:
-the open tracks are finished and written.
+finishes, with a crop of its best board in ``DIR/crops/``. With ``video=NAME`` the frames
+read are also written, drawn, as ``DIR/NAME`` (each plate labelled with its track and the
+text voted so far). Ctrl-C stops cleanly: the open tracks are finished and written, and the
+video is closed playable.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from lpr.outputs import make_dir, write_image
+from lpr.draw import draw_result
+from lpr.outputs import OutputError, make_dir, write_image
 from lpr.results import ReaderBase
 from lpr.tracks import PlateTracker, Track
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+# the codec an annotated video is written with, by its suffix (what OpenCV's own builds can write)
+WRITE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
 class StreamError(OSError):
@@ -46,6 +51,39 @@ def open_capture(source: str | Path) -> cv2.VideoCapture:
     return capture
 
 
+class AnnotatedVideo:
+    """The frames read, drawn with their detections and each plate's track and voted text, as a video."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        codec = WRITE_CODECS.get(path.suffix.lower())
+        if codec is None:
+            raise OutputError(f"video={path.name}: write .mp4 or .avi (or {', '.join(sorted(WRITE_CODECS))})")
+        if path.exists():
+            raise OutputError(f"{path} exists: name another video (nothing is overwritten)")
+        self.path, self.fps, self.codec = path, fps, codec
+        self.writer: cv2.VideoWriter | None = None
+
+    def write(self, bgr, result: dict, tracker: PlateTracker) -> None:
+        canvas = draw_result(bgr, result)
+        for track in tracker.active:
+            if track.last_step == tracker.step:  # seen in this frame
+                left, bottom = round(track.box[0]), round(track.box[3])
+                label = f"#{track.id} {track.event()['text']}"
+                scale = max(0.4, canvas.shape[1] / 1000)
+                origin = (left, bottom + int(22 * scale))  # under the board: its reading is drawn above it
+                cv2.putText(canvas, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 255, 255), 2)
+        if self.writer is None:
+            h, w = canvas.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise OutputError(f"cannot write video {self.path} (OpenCV has no {self.codec} writer here)")
+        self.writer.write(canvas)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
 def read_stream(
     reader: ReaderBase,
     source: str | Path,
@@ -54,10 +92,12 @@ def read_stream(
     every_n_frames: int = 1,
     max_frames: int | None = None,
     tracker: PlateTracker | None = None,
+    video: str | None = None,
     verbose: bool = True,
 ) -> dict:
     """Read plates from every ``every_n_frames``-th frame of ``source`` (up to ``max_frames`` frames of
-    the source) and write one event per track to ``output/events.jsonl``.
+    the source) and write one event per track to ``output/events.jsonl``; with ``video`` (a file name),
+    the frames read drawn as ``output/video``, at the source's frame rate over ``every_n_frames``.
 
     Returns:
         ``{"frames", "frames_read", "events", "seconds", "frames_per_s", "interrupted"}``.
@@ -69,6 +109,11 @@ def read_stream(
     crops = out / "crops"
     tracker = tracker or PlateTracker()
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    try:
+        annotated = None if video is None else AnnotatedVideo(out / video, (fps or 25.0) / every_n_frames)
+    except OutputError:
+        capture.release()
+        raise
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     total = min(total, max_frames) if max_frames and total > 0 else (max_frames or total)
     frame = read = events = 0
@@ -103,6 +148,8 @@ def read_stream(
                     time_s = frame / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                     result = reader.read([bgr], color="bgr")[0]
                     write(tracker.update(frame, time_s, result["plates"], bgr))
+                    if annotated is not None:
+                        annotated.write(bgr, result, tracker)
                     read += 1
                 frame += 1
                 bar.update(1)
@@ -110,6 +157,8 @@ def read_stream(
             interrupted = True
         finally:
             capture.release()
+            if annotated is not None:
+                annotated.close()
             write(tracker.finish())
             bar.close()
     seconds = time.perf_counter() - start
@@ -120,4 +169,5 @@ def read_stream(
         "seconds": seconds,
         "frames_per_s": frame / seconds if seconds > 0 else 0.0,
         "interrupted": interrupted,
+        "video": None if annotated is None or annotated.writer is None else str(annotated.path),
     }

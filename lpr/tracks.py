@@ -141,6 +141,12 @@ class PlateTracker:
         self.active = [t for t in self.active if t not in done]
         return [t for t in done if len(t.readings) >= self.min_readings]
 
+    @property
+    def step(self) -> int:
+        """How many updates (frames read) the tracker has had: a track with ``last_step == step`` was seen
+        in the last one."""
+        return self._step
+
     def finish(self) -> list[Track]:
         """Every track still open (at the end of a stream), as :meth:`update` returns them."""
         done, self.active = self.active, []

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lpr.outputs import OutputError
 from lpr.results import ReaderBase
 from lpr.stream import read_stream
 from lpr.tracks import PlateTracker, vote
@@ -48,12 +49,13 @@ class BrightBoardReader(ReaderBase):
         gray = cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY)
         ys, xs = np.nonzero(gray > 200)
         if not len(xs):
-            return [{"plates": []}]
+            return [{"detections": [], "plates": []}]
         board = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         sharp = cv2.Laplacian(board, cv2.CV_64F).var() > 4000
         text = TEXT if sharp else "12a3488"
         box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        return [{"plates": [{"type": "l_board", "text": text, "box": box, "score": 0.9 if sharp else 0.6}]}]
+        plate = {"type": "l_board", "text": text, "box": box, "score": 0.9 if sharp else 0.6}
+        return [{"detections": [], "plates": [plate]}]
 
 
 def test_a_plate_passing_by_is_one_event_with_the_voted_text(tmp_path):
@@ -72,6 +74,31 @@ def test_a_plate_passing_by_is_one_event_with_the_voted_text(tmp_path):
     assert 0.5 < event["confidence"] < 1.0  # one reading disagreed
     crop = cv2.imread(str(tmp_path / "out" / event["crop"]))
     assert crop is not None and crop.shape[:2] == (26, 91)  # the board of the best frame
+
+
+@pytest.mark.parametrize("name", ["annotated.mp4", "annotated.avi"])
+def test_the_annotated_video_holds_the_frames_read_with_the_track_drawn(tmp_path, name):
+    video = tmp_path / "road.avi"
+    write_video(video)
+    stats = read_stream(BrightBoardReader(), video, tmp_path / "out", every_n_frames=2, video=name, verbose=False)
+    assert stats["video"] == str(tmp_path / "out" / name)
+    capture = cv2.VideoCapture(stats["video"])
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 12 and frames[0].shape == (240, 320, 3)
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(25 / 2, abs=0.01)
+    # the track's label is drawn in yellow under the board (the source has no yellow at all)
+    yellow = (frames[5][:, :, 2] > 180) & (frames[5][:, :, 1] > 180) & (frames[5][:, :, 0] < 90)
+    ys, xs = np.nonzero(yellow)
+    assert len(ys) > 50 and ys.min() >= 125 and 100 <= xs.min() <= 110  # board at x=100
+    with pytest.raises(OutputError, match="exists: name another video"):  # never overwritten
+        read_stream(BrightBoardReader(), video, tmp_path / "out", video=name, verbose=False)
+    with pytest.raises(OutputError, match=r"write \.mp4 or \.avi"):
+        read_stream(BrightBoardReader(), video, tmp_path / "out", video="frames.gif", verbose=False)
 
 
 def test_max_frames_and_a_second_plate_later_give_two_events(tmp_path):
