@@ -13,18 +13,27 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lpr.data.validate import is_number
-from lpr.models.module import LOSS_KEYS, VAL_KEYS, VAL_PREFIXES
 
-# Every key lpr logs: what checkpoint.monitor may name.
-LOGGED_KEYS = (
-    ["train/loss", "train/lr", "train/minutes"]
-    + [f"train/{k}" for k in LOSS_KEYS]
-    + [f"{prefix}/{k}" for prefix in VAL_PREFIXES for k in VAL_KEYS]
-    + ["mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches", "data/skipped_images"]
-)
+
+def logged_keys(cfg: DictConfig) -> list[str]:
+    """Every key the objects of a training config log, as each class declares it next to its logging
+    (a ``LOGGED_KEYS`` attribute of the module's and the callbacks' classes): what checkpoint.monitor
+    may name. A class that cannot be imported declares nothing (instantiating it will say why)."""
+    targets = [OmegaConf.select(cfg, "model._target_", default=None)]
+    callbacks = OmegaConf.select(cfg, "callbacks", default=None) or {}
+    targets += [c.get("_target_") for c in callbacks.values() if isinstance(c, DictConfig)]
+    keys: list[str] = []
+    for target in filter(None, targets):
+        try:
+            declared = getattr(get_class(target), "LOGGED_KEYS", ())
+        except (ImportError, ValueError):
+            continue
+        keys += [k for k in declared if k not in keys]
+    return keys
 
 
 def run_dir(default: str) -> str:
@@ -144,9 +153,10 @@ def validate_train_config(cfg: DictConfig) -> None:
             )
     monitor = OmegaConf.select(cfg, "checkpoint.monitor", default=None)
     keys = [monitor] if isinstance(monitor, str) else list(monitor or [])
+    logged = logged_keys(cfg) if keys else []
     for key in keys:
-        if key not in LOGGED_KEYS:
-            problems.append(f"checkpoint.monitor={key!r}: nothing logs this key; logged keys: {', '.join(LOGGED_KEYS)}")
+        if key not in logged:
+            problems.append(f"checkpoint.monitor={key!r}: nothing logs this key; logged keys: {', '.join(logged)}")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 

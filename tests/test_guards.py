@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lpr.callbacks.checkpoint import CheckpointMetadata, KeywordCheckpoint
 from lpr.callbacks.consistency import ConsistencyCheck, ConsistencyError
-from lpr.callbacks.memory import MemoryGuard, MemoryReading
+from lpr.callbacks.memory import MemoryGuard, MemoryReading, SkipsWork
 from lpr.checkpoint import load
 from lpr.data import CocoDataModule
 from lpr.models.module import MaskRCNNModule
@@ -56,6 +56,33 @@ def _fit(tmp_path, synth_dir, guard, *, batches=6, val_batches=0, callbacks=(), 
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, module
+
+
+class PlainModule(L.LightningModule):
+    """A module that offers no way to skip work (not lpr.callbacks.memory.SkipsWork)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_module_that_cannot_skip_is_warned_about_and_trains_every_step(tmp_path, caplog):
+    assert isinstance(_module(["0", "1"]), SkipsWork) and not isinstance(PlainModule(), SkipsWork)
+    guard = MemoryGuard(every_n_steps=1, reader=FakeReader(high_calls={2, 4}, high=95))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(12, 4)), batch_size=2)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, callbacks=[guard])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="lpr.memory"):
+        trainer.fit(PlainModule(), data)
+    assert trainer.global_step == 6 and guard.skipped_batches == 0
+    assert any("PlainModule cannot skip work" in r.message for r in caplog.records)
+    assert sum("above skip_percent" in r.message for r in caplog.records) == 2
 
 
 def test_warn_only_keeps_every_step(tmp_path, synth_dir, caplog):

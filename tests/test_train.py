@@ -12,6 +12,7 @@ import torch
 from conftest import compose_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lpr.config_check import logged_keys
 from lpr.data.synth import PLATE_CLASSES
 from lpr.models.transfer import CLASS_HEADS
 from lpr.plates import is_character_class
@@ -49,6 +50,9 @@ def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
     assert len(acc.Scalars("train/loss")) >= 10
     assert [e.step for e in acc.Scalars("val/EIR")] == [5, 11]  # one point per validation (each epoch)
     assert {f"val_images/{i}" for i in range(4)} <= set(acc.Tags()["images"])
+    # every key the run logged is one its objects declare (what checkpoint.monitor is checked against)
+    declared = logged_keys(compose_cfg(out))
+    assert set(tags) - {"epoch"} <= set(declared) and "mem/rss_gb" in tags and "train/minutes" in tags
     assert len(acc.Images("val_images/0")) == 2  # one drawing per validation
 
     summaries = [line for line in lines if line.startswith("validation at epoch")]

@@ -29,6 +29,10 @@ class TimeBudget(Callback):
     another step would not fit. The trainer's own ``max_steps`` / ``max_epochs``
     stay upper bounds.
 
+    ``max_steps`` is moved on ``trainer.fit_loop.epoch_loop`` (Lightning's loops API; the
+    trainer's own ``max_steps`` has no setter), so that the progress line's step count and
+    ETA follow the budget too; the stop itself is Lightning's, at ``max_steps``.
+
     The number of steps, hence the weights, then depend on the machine's speed;
     leave the budget out (``callbacks.time_budget=null``) for a run that repeats
     bit for bit. Under DDP rank 0's projection is broadcast, so all ranks stop together.

@@ -32,6 +32,11 @@ class KeywordCheckpoint(ModelCheckpoint):
     Saving policy is Lightning's; this adds ``{"key", "value", "mode"}`` to the checkpoint
     written as a new best for ``monitor``, and lets a validation round pass without the key
     (a round skipped by MemoryGuard logs no metrics) instead of failing the run.
+
+    Lightning offers no public hook for either, so two of ``ModelCheckpoint``'s own methods are
+    overridden: ``_save_topk_checkpoint`` (return early without the key) and ``_save_checkpoint``
+    (know that the file being written is a new best). ``tests/test_guards.py`` pins both
+    behaviours, so a Lightning upgrade that changes them fails there.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

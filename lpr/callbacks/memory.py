@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import psutil
@@ -14,6 +15,20 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger("lpr.memory")
+
+
+@runtime_checkable
+class SkipsWork(Protocol):
+    """What :class:`MemoryGuard` asks of a LightningModule to skip work (``MaskRCNNModule`` offers it);
+    with any other module it warns and stops, but does not skip."""
+
+    validation_round_skipped: bool  # the rest of this validation round is being ignored
+
+    def skip_training_batch(self) -> None:
+        """Skip the next training batch: no forward, backward or optimizer step."""
+
+    def skip_validation_round(self) -> None:
+        """Ignore the rest of this validation round: its metrics are not logged."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +130,17 @@ class MemoryGuard(Callback):
         self.stop_filename = stop_filename
         self.skipped_batches = 0
         self.stop_reading: MemoryReading | None = None
+        self._can_skip = True
+
+    LOGGED_KEYS = ("mem/ram_percent", "mem/rss_gb", "mem/gpu_percent", "mem/skipped_batches")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.reader is None:
             self.reader = SystemMemoryReader()
+        self._can_skip = isinstance(pl_module, SkipsWork)
+        if not self._can_skip:
+            log.warning("%s cannot skip work (lpr.callbacks.memory.SkipsWork): memory will warn and stop only",
+                        type(pl_module).__name__)  # fmt: skip
 
     def _decide(self, trainer: L.Trainer, reading: MemoryReading, threshold: float) -> bool:
         return trainer.strategy.reduce_boolean_decision(reading.worst_percent > threshold, all=False)
@@ -164,7 +186,7 @@ class MemoryGuard(Callback):
         action = self._check(trainer, pl_module, "next training batch")
         if action == "stop":
             self._stop(trainer)
-        elif action == "skip":
+        elif action == "skip" and self._can_skip:
             self.skipped_batches += 1
             pl_module.skip_training_batch()
             pl_module.log("mem/skipped_batches", float(self.skipped_batches), batch_size=1)
@@ -172,10 +194,12 @@ class MemoryGuard(Callback):
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if trainer.sanity_checking or batch_idx % self.every_n_val_batches or pl_module.validation_round_skipped:
+        if trainer.sanity_checking or batch_idx % self.every_n_val_batches:
+            return
+        if self._can_skip and pl_module.validation_round_skipped:
             return
         action = self._check(trainer, pl_module, "rest of this validation round (its metrics will not be logged)")
-        if action is not None:
+        if action is not None and self._can_skip:
             pl_module.skip_validation_round()
         if action == "stop" and trainer.state.fn == TrainerFn.FITTING:
             self._stop(trainer)

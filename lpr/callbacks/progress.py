@@ -82,6 +82,8 @@ class ProgressLog(Callback):
         ValueError: if ``every_n_steps < 1``.
     """
 
+    LOGGED_KEYS = ("train/minutes",)
+
     def __init__(self, every_n_steps: int = 50) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")

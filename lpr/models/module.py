@@ -26,6 +26,14 @@ VAL_KEYS = ("mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "
 # The validation loaders' key prefixes, in loader order: the data set's own validation split, then the
 # split drawn in styles held out of training (lpr.data.datamodule.CocoDataModule.heldout_json).
 VAL_PREFIXES = ("val", "val_heldout")
+# every key the module logs (checkpoint.monitor may name any key a run's objects declare so)
+MODULE_KEYS = (
+    "train/loss",
+    "train/lr",
+    "data/skipped_images",
+    *(f"train/{k}" for k in LOSS_KEYS),
+    *(f"{prefix}/{k}" for prefix in VAL_PREFIXES for k in VAL_KEYS),
+)
 
 
 def _without_crowd(target: dict) -> dict:
@@ -48,6 +56,10 @@ def plain(value: Any) -> Any:
 class MaskRCNNModule(L.LightningModule):
     """Mask R-CNN for plates: the network is built from ``net`` with ``len(classes) + 1`` outputs.
 
+    What it offers callbacks (:class:`lpr.callbacks.memory.SkipsWork`): :meth:`skip_training_batch`,
+    :meth:`skip_validation_round` and :attr:`validation_round_skipped`; and ``LOGGED_KEYS``, every
+    key it logs.
+
     Args:
         classes: class names in label order (label ``i + 1`` is ``classes[i]``),
             taken from the data set, never written in config.
@@ -68,6 +80,8 @@ class MaskRCNNModule(L.LightningModule):
         >>> optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
         >>> module = MaskRCNNModule(classes=["0", "1"], net=net_cfg, optimizer=optimizer)
     """
+
+    LOGGED_KEYS = MODULE_KEYS
 
     def __init__(
         self,
