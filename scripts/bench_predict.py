@@ -2,6 +2,7 @@
 
     python scripts/bench_predict.py --ckpt CKPT [--images 30] [--repeats 5] [--threads 2] [--batch-size 1]
     python scripts/bench_predict.py --ckpt CKPT --onnx MODEL.onnx [--images 75 | --folder IMAGES]
+    python scripts/bench_predict.py --ckpt CKPT --device cuda --batch-size 16 --images 300
 
 With ``--onnx`` (an export of the checkpoint, ``python -m lpr.export``): ``lpr.predict`` with the
 export on onnxruntime vs with the checkpoint on PyTorch, side by side, and how their results agree
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (both sides on one GPU)")
     parser.add_argument("--onnx", help="an export of the checkpoint: predict with it vs with the checkpoint")
     parser.add_argument("--folder", help="with --onnx: read these images (e.g. a data set's images/val) instead")
     args = parser.parse_args()
@@ -47,18 +49,21 @@ def main() -> None:
         return onnx_vs_torch(args)
     enlarge_onednn_cache()  # as lpr.predict does
     torch.set_num_threads(args.threads)
-    reader = PlateReader.from_checkpoint(args.ckpt)
+    device = torch.device(args.device)
+    reader = PlateReader.from_checkpoint(args.ckpt, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = generate(Path(tmp) / "set", train=0, val=args.images, seed=5)
         folder = paths["images"] / "val"
         files = sorted(folder.iterdir())
-        tensors = [torch.from_numpy(read_image_rgb(f)).permute(2, 0, 1).float() / 255 for f in files]
+        tensors = [torch.from_numpy(read_image_rgb(f)).permute(2, 0, 1).float().div(255).to(device) for f in files]
 
         @torch.inference_mode()
-        def bare() -> float:
+        def bare() -> float:  # the forward alone, on images already decoded and on the device
             start = time.perf_counter()
             for i in range(0, len(tensors), args.batch_size):
                 reader.model(tensors[i : i + args.batch_size])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             return (time.perf_counter() - start) / len(tensors)
 
         def full() -> float:
@@ -77,12 +82,14 @@ def main() -> None:
             )
     b, f = statistics.median(times_bare), statistics.median(times_full)
     ratio = statistics.median(full / bare for bare, full in zip(times_bare, times_full, strict=True))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {args.threads}"
     print(
-        f"config: {args.images} synthetic 384x288 images, batch {args.batch_size}, torch threads {args.threads}, "
+        f"config: {args.images} synthetic 384x288 images, batch {args.batch_size}, {where}, "
         f"{args.repeats} repeats alternating, checkpoint {args.ckpt}"
     )
-    print(f"bare model forward: {b * 1000:.1f} ms/image (median)")
-    print(f"lpr.predict:        {f * 1000:.1f} ms/image (median; read, forward, reading, drawing, JSON)")
+    print(f"bare model forward: {b * 1000:.1f} ms/image, {1 / b:.1f} images/s (median)")
+    print(f"lpr.predict:        {f * 1000:.1f} ms/image, {1 / f:.1f} images/s (median; read, forward, reading, "
+          "drawing, JSON)")  # fmt: skip
     print(f"ratio predict / bare: {ratio:.3f} (median of the per-repeat ratios; ratio of the medians {f / b:.3f})")
 
 

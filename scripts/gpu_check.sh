@@ -34,6 +34,14 @@ val=$(ls -d "$OUT"/data/synth_plates_*_6000_300_300/images/val | head -n 1)
 timeout 300 python -m lpr.predict ckpt_path="$OUT/plate_gpu/checkpoints/last.ckpt" input="$val" \
     output="$OUT/predict" device=cuda batch_size=16 draw=false 2>&1 | tail -n 2 || status=1
 
+step "training throughput on the GPU: lpr vs a bare loop vs one cached batch"
+timeout 300 python scripts/bench_train.py --device cuda --experiment plate_gpu --steps 25 --warmup 8 --repeats 2 \
+    trainer.precision=bf16-mixed paths.data_dir="$OUT/data" || status=1
+
+step "predict throughput on the GPU: lpr.predict vs the bare batched forward"
+timeout 240 python scripts/bench_predict.py --ckpt "$OUT/plate_gpu/checkpoints/last.ckpt" --device cuda \
+    --batch-size 16 --images 300 --repeats 3 || status=1
+
 echo
 echo "gpu_check: $([ $status -eq 0 ] && echo all steps ran || echo SOME STEPS FAILED) (logs under $OUT)"
 exit $status

@@ -16,23 +16,25 @@ from lpr.hardware import enlarge_onednn_cache
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def plate_config(overrides: list[str]) -> DictConfig:
-    """The plate recipe's composed config with ``overrides``; oneDNN's cache enlarged as ``lpr.train`` does."""
+def plate_config(overrides: list[str], experiment: str = "plate") -> DictConfig:
+    """A plate recipe's composed config with ``overrides``; oneDNN's cache enlarged as ``lpr.train`` does."""
     enlarge_onednn_cache()
     with initialize_config_dir(CONF, version_base="1.3"):
-        return compose("train", overrides=["+experiment=plate", "paths.output_dir=unused", *overrides])
+        return compose("train", overrides=[f"+experiment={experiment}", "paths.output_dir=unused", *overrides])
 
 
-def plate_config_and_data(overrides: list[str]) -> tuple[DictConfig, CocoDataModule]:
-    """The plate recipe's config with ``overrides`` and its data module, generated and set up."""
-    cfg = plate_config(overrides)
+def plate_config_and_data(overrides: list[str], experiment: str = "plate") -> tuple[DictConfig, CocoDataModule]:
+    """A plate recipe's config with ``overrides`` and its data module, generated and set up."""
+    cfg = plate_config(overrides, experiment)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     return cfg, datamodule
 
 
-def train_autocast(cfg: DictConfig) -> torch.autocast:
-    """The forward's autocast under the recipe's ``trainer.precision`` (``bf16-mixed`` where the CPU has
-    native bf16: bf16 autocast, as Lightning applies it); disabled for full precision."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16"))
+def train_autocast(cfg: DictConfig, device: str = "cpu") -> torch.autocast:
+    """The forward's autocast under the recipe's ``trainer.precision`` as Lightning applies it on ``device``
+    (``bf16-mixed``: bf16, ``16-mixed``: fp16); disabled for full precision."""
+    precision = str(cfg.trainer.precision)
+    dtype = torch.float16 if precision.startswith("16") else torch.bfloat16
+    return torch.autocast(device, dtype=dtype, enabled=precision.startswith(("bf16", "16")))
