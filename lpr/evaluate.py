@@ -26,7 +26,14 @@ from pycocotools.coco import COCO
 from lpr.checkpoint import CheckpointError, LoadedCheckpoint, load
 from lpr.config_check import clear_errors
 from lpr.data.coco import decode_segmentation
-from lpr.data.validate import DataValidationError, is_number, load_coco_json, validate_coco
+from lpr.data.validate import (
+    ClassMismatchError,
+    DataValidationError,
+    class_names,
+    is_number,
+    load_coco_json,
+    validate_coco,
+)
 from lpr.hardware import enlarge_onednn_cache
 from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
@@ -76,6 +83,11 @@ def print_table(report: dict) -> None:
             f"{row[k]:>8.4f}" if row[k] is not None else f"{'-':>8}" for k in ("bbox_AP", "segm_AP", "dv_AP")
         )
         lines.append(f"{name:<{width}} {cells}")
+    if "classes" in report:  # classes=shared
+        shared = report["classes"]
+        lines += ["", f"scored: the {len(shared['scored'])} classes both have; annotations left out (not among the "
+                  f"model's classes): {shared['not_in_model'] or 'none'}; no ground truth: "
+                  f"{shared['not_in_data'] or 'none'}"]  # fmt: skip
     print("\n".join(lines))
 
 
@@ -205,6 +217,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
     batch_size: int | None = None,
     split: str = "val",
+    classes: str = "all",
 ) -> tuple[dict, dict]:
     """Run a checkpoint over a data set's validation split and compute every metric.
 
@@ -214,20 +227,38 @@ def evaluate_checkpoint(
         device: torch device for the forward passes.
         batch_size: overrides the data config's batch size.
         split: ``"val"``, or ``"val_heldout"`` for a data set with a held-out-style split.
+        classes: ``"all"``: the data set's category names must be the checkpoint's class names (in
+            any order, with any ids); ``"shared"``: score the classes both have, leave out the
+            annotations of the others (the report lists what was left out under ``classes``).
 
     Returns:
         ``(report, details)``: the JSON report and the metrics' raw details (PR arrays).
 
     Raises:
-        ClassMismatchError: the data set's category names are not the checkpoint's class names.
+        ClassMismatchError: the names differ (with ``classes="shared"``: share none).
     """
+    if classes not in ("all", "shared"):
+        raise ValueError(f"classes must be all or shared, got {classes!r}")
     loaded = load(ckpt_path, map_location=device)
-    datamodule = validation_data(loaded, data_cfg, batch_size=batch_size)
-    return evaluate_module(loaded.module, datamodule.split_dataloader(split), loaded.classes, device=device)
+    datamodule = validation_data(loaded, data_cfg, batch_size=batch_size, shared_classes=classes == "shared")
+    loader = datamodule.split_dataloader(split)
+    report, details = evaluate_module(loaded.module, loader, loaded.classes, device=device)
+    if classes == "shared":
+        in_data = [n for n in class_names(loader.dataset.coco) if n in loaded.classes]
+        report["classes"] = {
+            "scored": in_data,
+            "not_in_model": loader.dataset.unscored_categories,  # their annotations were left out
+            "not_in_data": [c for c in loaded.classes if c not in in_data],  # no ground truth, no AP
+        }
+    return report, details
 
 
 def validation_data(
-    loaded: LoadedCheckpoint, data_cfg: DictConfig | dict | None = None, *, batch_size: int | None = None
+    loaded: LoadedCheckpoint,
+    data_cfg: DictConfig | dict | None = None,
+    *,
+    batch_size: int | None = None,
+    shared_classes: bool = False,
 ) -> LightningDataModule:
     """The data module a checkpoint is evaluated on, set up for validation.
 
@@ -235,6 +266,8 @@ def validation_data(
         loaded: the checkpoint.
         data_cfg: a data module config; None uses the one stored in the checkpoint.
         batch_size: overrides the data config's batch size.
+        shared_classes: accept a data set whose names differ from the checkpoint's classes,
+            leaving out the annotations of the categories the checkpoint lacks.
 
     Raises:
         ValueError: no data config.
@@ -247,9 +280,14 @@ def validation_data(
     if batch_size:
         data_cfg.batch_size = batch_size
     # the data set's categories are matched to the checkpoint's classes by name, whatever their ids
-    datamodule = instantiate(data_cfg, _convert_="all", classes=list(loaded.classes))
+    extra = {"shared_classes_only": True} if shared_classes else {}
+    datamodule = instantiate(data_cfg, _convert_="all", classes=list(loaded.classes), **extra)
     datamodule.prepare_data()
-    datamodule.setup("validate")
+    try:
+        datamodule.setup("validate")
+    except ClassMismatchError as e:
+        hint = "" if shared_classes else "; to score only the classes both have: classes=shared"
+        raise ClassMismatchError(f"{e}{hint}") from None
     return datamodule
 
 
@@ -343,7 +381,12 @@ def run(cfg: DictConfig) -> dict:
         report = evaluate_results(cfg.gt, cfg.predictions, metrics)
     elif cfg.get("ckpt_path"):
         report, details = evaluate_checkpoint(
-            cfg.ckpt_path, cfg.get("data"), device=cfg.device, batch_size=cfg.get("batch_size"), split=cfg.split
+            cfg.ckpt_path,
+            cfg.get("data"),
+            device=cfg.device,
+            batch_size=cfg.get("batch_size"),
+            split=cfg.split,
+            classes=cfg.get("classes", "all"),
         )
         pr_dir = Path(cfg.report).parent / "pr_curves" if cfg.get("pr_curves") else None
         classes = list(report["per_class"])

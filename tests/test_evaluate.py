@@ -77,10 +77,10 @@ def _renumbered(src, dst, *, rename=None):
     return dst
 
 
-def _evaluate_on(tmp_path, ckpt, root, report):
+def _evaluate_on(tmp_path, ckpt, root, report, *overrides):
     return subprocess.run(
         [sys.executable, "-m", "lpr.evaluate", f"ckpt_path={ckpt}", "data=coco", f"data.root={root}",
-         "data.val_json=val.json", f"report={report}", "pr_curves=false"],
+         "data.val_json=val.json", f"report={report}", "pr_curves=false", *overrides],
         cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
 
@@ -101,3 +101,20 @@ def test_categories_are_matched_by_name_whatever_their_order_and_ids(fast_run, s
     proc = _evaluate_on(tmp_path, ckpt, other, tmp_path / "other.json")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "not among the model's ['board'], missing from the data set ['l_board']" in proc.stderr
+    assert "to score only the classes both have: classes=shared" in proc.stderr
+
+    # classes=shared: the classes both have are scored as before, the renamed one is left out
+    proc = _evaluate_on(tmp_path, ckpt, other, tmp_path / "shared.json", "classes=shared")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shared = json.loads((tmp_path / "shared.json").read_text())
+    assert shared["classes"]["not_in_model"] == ["board"] and shared["classes"]["not_in_data"] == ["l_board"]
+    assert sorted(shared["classes"]["scored"]) == sorted(set(a["per_class"]) - {"l_board"})
+    assert shared["per_class"]["l_board"] == {"bbox_AP": None, "segm_AP": None, "dv_AP": None}
+    scored = shared["classes"]["scored"]
+    assert any(shared["per_class"][c]["bbox_AP"] is not None for c in scored)  # scored where there is ground truth
+    assert {c: shared["per_class"][c] for c in scored} == {c: a["per_class"][c] for c in scored}
+    assert "annotations left out (not among the model's classes): ['board']" in proc.stdout
+
+    nothing = _renumbered(synth_dir, tmp_path / "nothing", rename={c: f"x{c}" for c in a["per_class"]})
+    proc = _evaluate_on(tmp_path, ckpt, nothing, tmp_path / "nothing.json", "classes=shared")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no category is among" in proc.stderr

@@ -23,6 +23,7 @@ from lpr.data.validate import (
     load_coco_json,
     match_classes,
     read_image_bgr,
+    shared_classes,
     validate_coco,
 )
 
@@ -70,10 +71,14 @@ class CocoInstances(Dataset):
         classes: the model's class list; the categories are matched to it by name, in any order
             and with any ids (label ``i + 1`` is ``classes[i]``). ``None``: the category names
             sorted by id.
+        shared_classes_only: with ``classes``, accept a data set whose names differ from them:
+            the annotations of categories the model lacks are left out (``unscored_categories``),
+            and the model's classes the data set lacks simply have no ground truth.
 
     Raises:
         DataValidationError: the JSON or the images break the contract (see
             :func:`lpr.data.validate.validate_coco`).
+        ClassMismatchError: the names differ from ``classes`` (with ``shared_classes_only``: share none).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class CocoInstances(Dataset):
         max_pixels: int | None = MAX_IMAGE_PIXELS,
         allow_outside_root: bool = False,
         classes: list[str] | None = None,
+        shared_classes_only: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
@@ -100,15 +106,19 @@ class CocoInstances(Dataset):
             allow_outside_root=allow_outside_root,
         )
         names = class_names(self.coco)
-        if classes is not None:
+        self.unscored_categories: list[str] = []  # with shared_classes_only: names the model lacks
+        if classes is not None and shared_classes_only:
+            self.unscored_categories = shared_classes(names, list(classes), str(self.ann_file))
+        elif classes is not None:
             match_classes(names, list(classes), str(self.ann_file))
         self.classes = list(classes) if classes is not None else names
         label = {name: i + 1 for i, name in enumerate(self.classes)}
-        self._label_of = {c["id"]: label[c["name"]] for c in self.coco["categories"]}
+        self._label_of = {c["id"]: label[c["name"]] for c in self.coco["categories"] if c["name"] in label}
         self.images = self.coco["images"]
         self._anns: dict[int, list[dict]] = defaultdict(list)
         for ann in self.coco["annotations"]:
-            self._anns[ann["image_id"]].append(ann)
+            if ann["category_id"] in self._label_of:
+                self._anns[ann["image_id"]].append(ann)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -44,6 +44,9 @@ class CocoDataModule(L.LightningDataModule):
             split's categories are matched to it by name, in any order and with any ids.
             ``None``: the training split's names sorted by category id, the other splits
             matched to them by name.
+        shared_classes_only: with ``classes``, accept splits whose names differ from them and
+            leave out the annotations of the categories the model lacks (evaluation of the
+            classes both have; see ``CocoInstances``).
 
     Raises:
         DataValidationError: at ``setup`` when a split breaks the data contract,
@@ -69,6 +72,7 @@ class CocoDataModule(L.LightningDataModule):
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         allow_outside_root: bool = False,
         classes: list[str] | None = None,
+        shared_classes_only: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -93,6 +97,7 @@ class CocoDataModule(L.LightningDataModule):
         self.val_set: CocoInstances | None = None
         self.heldout_set: CocoInstances | None = None
         self._classes: list[str] | None = list(classes) if classes is not None else None
+        self.shared_classes_only = shared_classes_only
 
     def prepare_data(self) -> None:
         """Generate the synthetic set on first use (Lightning runs this once per node)."""
@@ -139,6 +144,7 @@ class CocoDataModule(L.LightningDataModule):
             max_pixels=self.max_image_pixels,
             allow_outside_root=self.allow_outside_root,
             classes=classes,
+            shared_classes_only=self.shared_classes_only and classes is not None,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -294,6 +294,17 @@ def match_classes(names: list[str], classes: list[str], source: str) -> None:
         )
 
 
+def shared_classes(names: list[str], classes: list[str], source: str) -> list[str]:
+    """The data set's category ``names`` that the model's ``classes`` lack (their annotations go unscored).
+
+    Raises:
+        ClassMismatchError: the two share no name.
+    """
+    if not set(names) & set(classes):
+        raise ClassMismatchError(f"{source}: no category is among the model's classes {classes} (it has {names})")
+    return [n for n in names if n not in classes]
+
+
 def class_names(data: dict) -> list[str]:
     """The class list: category names sorted by category id (label = index + 1)."""
     return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
