@@ -78,6 +78,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_MODEL_COUNTS = (
+    "transform.min_size",
+    "transform.max_size",
+    "rpn.batch_size_per_image",
+    "roi_heads.batch_size_per_image",
+    "roi_heads.detections_per_img",
+)
+_MODEL_FRACTIONS = tuple(
+    f"roi_heads.{k}"
+    for k in ("fg_iou_thresh", "bg_iou_thresh", "positive_fraction", "score_thresh", "char_nms_thresh",
+              "char_cover_thresh", "score_weight")
+)  # fmt: skip
+
 # (key, predicate, what is allowed); a key absent from the config is not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.optimizer.lr", lambda v: is_number(v) and v > 0, "a number > 0"),
@@ -94,6 +107,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.metrics.plates.score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.metrics.plates.char_nms_iou", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.rpn.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
+    *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
+    *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
 ]
 

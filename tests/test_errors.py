@@ -50,6 +50,8 @@ def _cfg(*overrides: str):
         ("checkpoint.monitor=val/EIRR", r"checkpoint\.monitor='val/EIRR': nothing logs this key"),
         ("model.metrics.dv.k=0", r"model\.metrics\.dv\.k=0: must be an integer >= 1"),
         ("model.metrics.plates.sub_pattern='[0-9'", r"sub_pattern='\[0-9': must be a valid regular expression"),
+        ("model.net.roi_heads.char_cover_thresh=abc", r"char_cover_thresh='abc': must be a number in \[0, 1\]"),
+        ("model.net.transform.min_size=0", r"model\.net\.transform\.min_size=0: must be an integer >= 1"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
