@@ -23,7 +23,6 @@ from lpr.data.validate import (
     load_coco_json,
     match_classes,
     read_image_bgr,
-    shared_classes,
     validate_coco,
 )
 
@@ -107,10 +106,10 @@ class CocoInstances(Dataset):
         )
         names = class_names(self.coco)
         self.unscored_categories: list[str] = []  # with shared_classes_only: names the model lacks
-        if classes is not None and shared_classes_only:
-            self.unscored_categories = shared_classes(names, list(classes), str(self.ann_file))
-        elif classes is not None:
-            match_classes(names, list(classes), str(self.ann_file))
+        if classes is not None:
+            self.unscored_categories = match_classes(
+                names, list(classes), str(self.ann_file), shared_only=shared_classes_only
+            )
         self.classes = list(classes) if classes is not None else names
         label = {name: i + 1 for i, name in enumerate(self.classes)}
         self._label_of = {c["id"]: label[c["name"]] for c in self.coco["categories"] if c["name"] in label}

@@ -279,30 +279,24 @@ def _raise(source: str, problems: list[str]) -> None:
     raise DataValidationError(f"{source}: {len(problems)} problem(s) in the data set:\n  - {listed}{more}")
 
 
-def match_classes(names: list[str], classes: list[str], source: str) -> None:
-    """Raise unless a data set's category ``names`` are the model's ``classes`` in some order.
+def match_classes(names: list[str], classes: list[str], source: str, *, shared_only: bool = False) -> list[str]:
+    """Raise unless a data set's category ``names`` are the model's ``classes`` in some order;
+    with ``shared_only``, unless the two share a name. Returns the names the model lacks (their
+    annotations go unscored; always empty without ``shared_only``).
 
     Raises:
         ClassMismatchError: listing the names only the data set has and those it lacks.
     """
     extra = [n for n in names if n not in classes]
     missing = [n for n in classes if n not in names]
-    if extra or missing:
+    if shared_only and len(extra) == len(names):
+        raise ClassMismatchError(f"{source}: no category is among the model's classes {classes} (it has {names})")
+    if (extra or missing) and not shared_only:
         raise ClassMismatchError(
             f"{source}: the categories differ from the model's classes (matched by name, in any order "
             f"and with any ids): not among the model's {extra}, missing from the data set {missing}"
         )
-
-
-def shared_classes(names: list[str], classes: list[str], source: str) -> list[str]:
-    """The data set's category ``names`` that the model's ``classes`` lack (their annotations go unscored).
-
-    Raises:
-        ClassMismatchError: the two share no name.
-    """
-    if not set(names) & set(classes):
-        raise ClassMismatchError(f"{source}: no category is among the model's classes {classes} (it has {names})")
-    return [n for n in names if n not in classes]
+    return extra
 
 
 def class_names(data: dict) -> list[str]:
