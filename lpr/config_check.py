@@ -113,6 +113,39 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+def _is_roi(v: Any) -> bool:
+    values = list(v) if isinstance(v, (list, tuple, ListConfig)) else []
+    x, y, w, h = values if len(values) == 4 and all(_is_int(i) for i in values) else (-1, -1, 0, 0)
+    return x >= 0 and y >= 0 and w >= 32 and h >= 32
+
+
+# lpr.predict's options; a key absent or null is not checked.
+PREDICT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1], or null"),
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("draw", lambda v: isinstance(v, bool), "true or false"),
+    ("every_n_frames", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("max_frames", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
+    ("max_side", lambda v: _is_int(v) and v >= 32, "an integer >= 32"),
+    ("roi", _is_roi, "[x, y, width, height] in pixels: integers, x and y >= 0, width and height >= 32; or null"),
+    ("track.iou_thresh", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("track.max_gap", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("track.min_readings", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+]
+
+
+def validate_predict_config(cfg: DictConfig) -> None:
+    """Raise one :class:`ConfigError` listing every bad option of ``lpr.predict`` (key, value, what is allowed)."""
+    problems = []
+    for key, ok, allowed in PREDICT_RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            problems.append(f"{key}={shown!r}: must be {allowed}")
+    if problems:
+        raise ConfigError("invalid options:\n  - " + "\n  - ".join(problems))
+
+
 def _regex_ok(pattern: Any) -> bool:
     try:
         re.compile(pattern)

@@ -8,6 +8,7 @@ import numpy as np
 # BGR colours by kind of class: characters, text regions, boards.
 CHAR_COLOUR = (60, 60, 235)
 REGION_COLOUR = (235, 150, 40)
+ROI_COLOUR = (255, 255, 255)  # BGR: the region read, when not all of the image
 BOARD_COLOUR = (60, 200, 60)
 TEXT_COLOUR = (255, 255, 255)
 
@@ -34,10 +35,14 @@ def draw_result(
     """A copy of ``image_bgr`` with the result drawn.
 
     Masks are filled polygons blended at ``mask_alpha``, boxes outlined, each
-    detection labelled (characters small, above their box), and every read
-    plate's text written large above its board.
+    detection labelled (characters small, above their box), every read
+    plate's text written large above its board, and the region read (``roi``)
+    outlined when only part of the image was read.
     """
     canvas = image_bgr.copy()
+    if result.get("roi"):
+        x, y, w, h = result["roi"]
+        cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), ROI_COLOUR, 1, cv2.LINE_4)
     overlay = canvas.copy()
     for det in result["detections"]:
         if det["polygon"]:

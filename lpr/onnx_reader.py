@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +117,20 @@ class OnnxPlateReader(ReaderBase):
         device: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` with onnxruntime-gpu.
         score_thr: detections below it are dropped; ``None``: the threshold stored at export.
         max_side: larger images are downscaled to this longest side first.
+        roi: ``(x, y, width, height)``: read only this region of every image.
 
     Raises:
         OnnxModelError: the file is missing, truncated, not an lpr export, or not runnable here.
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, device: str = "cpu", score_thr: float | None = None, max_side: int = 2048
+        self,
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        score_thr: float | None = None,
+        max_side: int = 2048,
+        roi: Sequence[int] | None = None,
     ) -> None:
         self.path = Path(path)
         self.session = _session(self.path, str(device))
@@ -140,7 +148,7 @@ class OnnxPlateReader(ReaderBase):
         self.meta = meta
         reading = json.loads(meta["reading"])
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
-        super().__init__(json.loads(meta["classes"]), score_thr=thr, reading=reading, max_side=max_side)
+        super().__init__(json.loads(meta["classes"]), score_thr=thr, reading=reading, max_side=max_side, roi=roi)
 
     def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Detections of RGB uint8 images, one run each; masks pasted for the boxes at ``score_thr`` or above

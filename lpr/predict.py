@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lpr.checkpoint import CheckpointError
-from lpr.config_check import clear_errors, model_alias
+from lpr.config_check import ConfigError, clear_errors, model_alias, validate_predict_config
 from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
 from lpr.onnx_reader import OnnxModelError
@@ -122,9 +122,11 @@ def predict(
         images, names = [], []
         for path in batch:
             try:
-                images.append(load_image(path)[0])
+                rgb = load_image(path)[0]
+                reader.region(rgb.shape[1], rgb.shape[0])  # a roi outside this image fails it alone
+                images.append(rgb)
                 names.append(path)
-            except UnreadableImageError as e:
+            except (UnreadableImageError, ValueError) as e:
                 failed.append((str(path), str(e)))
                 tqdm.write(f"{path.name}: FAILED ({e})", file=sys.stdout)
         if images:
@@ -156,8 +158,15 @@ def predict(
 
 def run(cfg: DictConfig) -> int:
     """The predict task behind the Hydra shell; returns the process exit code."""
+    validate_predict_config(cfg)
     enlarge_onednn_cache()
-    options = {"device": cfg.device, "score_thr": cfg.get("score_thr"), "max_side": cfg.max_side}
+    roi = cfg.get("roi")
+    options = {
+        "device": cfg.device,
+        "score_thr": cfg.get("score_thr"),
+        "max_side": cfg.max_side,
+        "roi": None if roi is None else list(roi),
+    }
     if Path(cfg.ckpt_path).suffix.lower() == ".onnx":
         reader: ReaderBase = PlateReader.from_onnx(cfg.ckpt_path, **options)
     else:
@@ -198,7 +207,7 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@clear_errors(CheckpointError, FileNotFoundError, OnnxModelError, OutputError, StreamError)
+@clear_errors(CheckpointError, ConfigError, FileNotFoundError, OnnxModelError, OutputError, StreamError)
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:

@@ -29,7 +29,7 @@ class PlateReader(ReaderBase):
         model: a torchvision Mask R-CNN (put in eval mode here).
         classes: its class names in label order.
         device: where the model runs.
-        score_thr, reading, max_side: as :class:`lpr.results.ReaderBase`.
+        score_thr, reading, max_side, roi: as :class:`lpr.results.ReaderBase`.
 
     Example:
         >>> reader = PlateReader.from_checkpoint("best-val_EIR.ckpt")
@@ -45,27 +45,41 @@ class PlateReader(ReaderBase):
         score_thr: float = 0.5,
         reading: dict | None = None,
         max_side: int = 2048,
+        roi: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(classes, score_thr=score_thr, reading=reading, max_side=max_side)
+        super().__init__(classes, score_thr=score_thr, reading=reading, max_side=max_side, roi=roi)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, device: str = "cpu", score_thr: float | None = None, max_side: int = 2048
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        score_thr: float | None = None,
+        max_side: int = 2048,
+        roi: Sequence[int] | None = None,
     ) -> PlateReader:
         """Everything from the checkpoint alone: model, classes and its plate-reading settings."""
         loaded = load(path, map_location=device)
         reading = dict(loaded.module.hparams.get("metrics", {}).get("plates", {}))
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
-        return cls(loaded.model, loaded.classes, device=device, score_thr=thr, reading=reading, max_side=max_side)
+        return cls(
+            loaded.model, loaded.classes, device=device, score_thr=thr, reading=reading, max_side=max_side, roi=roi
+        )
 
     @staticmethod
     def from_onnx(
-        path: str | os.PathLike, *, device: str = "cpu", score_thr: float | None = None, max_side: int = 2048
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        score_thr: float | None = None,
+        max_side: int = 2048,
+        roi: Sequence[int] | None = None,
     ) -> OnnxPlateReader:
         """A reader of the same API on an ONNX export (``python -m lpr.export``), run by onnxruntime."""
-        return OnnxPlateReader(path, device=device, score_thr=score_thr, max_side=max_side)
+        return OnnxPlateReader(path, device=device, score_thr=score_thr, max_side=max_side, roi=roi)
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:

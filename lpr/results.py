@@ -69,6 +69,17 @@ def fit_max_side(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA), scale
 
 
+def check_roi(roi: Sequence[int]) -> tuple[int, int, int, int]:
+    """``roi`` as ``(x, y, width, height)`` integers, or a ValueError naming what is wrong."""
+    values = list(roi) if isinstance(roi, Sequence) and not isinstance(roi, str) else None
+    if values is None or len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"roi must be [x, y, width, height] in pixels (4 integers), got {roi!r}")
+    x, y, w, h = values
+    if x < 0 or y < 0 or w < 32 or h < 32:
+        raise ValueError(f"roi [x, y, width, height] needs x, y >= 0 and width, height >= 32, got {values}")
+    return x, y, w, h
+
+
 def _numpy(value: Any) -> np.ndarray:
     """A numpy array of a numpy array or a torch tensor (on any device), without importing torch."""
     if hasattr(value, "detach"):
@@ -86,6 +97,7 @@ def detections_to_result(
     score_thr: float = 0.5,
     reading: dict | None = None,
     scale: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> dict:
     """One image's detections as the lpr result dict.
 
@@ -97,6 +109,8 @@ def detections_to_result(
         score_thr: detections below it are left out (and not read).
         reading: the other plate-reading settings (:func:`lpr.plates.read_plates`).
         scale: factor from model-input pixels back to original pixels.
+        offset: ``(x, y)`` of the model input's top-left corner in the original image (a region of
+            interest read alone), added after ``scale``.
 
     Returns:
         ``{image, width, height, detections: [{label, score, box, polygon}],
@@ -104,7 +118,9 @@ def detections_to_result(
     """
     scores = _numpy(output["scores"])
     keep = scores >= score_thr
-    boxes = _numpy(output["boxes"])[keep].astype(np.float64)
+    shift = np.array([offset[0], offset[1]] * 2, np.float64)
+    input_boxes = _numpy(output["boxes"])[keep].astype(np.float64)  # in the model input's pixels
+    boxes = input_boxes * scale + shift
     labels = _numpy(output["labels"])[keep]
     scores = scores[keep]
     masks = None
@@ -115,25 +131,25 @@ def detections_to_result(
     for i in range(len(labels)):
         polygon: list[list[float]] = []
         if masks is not None:
-            x1, y1, x2, y2 = boxes[i]
+            x1, y1, x2, y2 = input_boxes[i]
             h, w = masks.shape[-2:]
             xa, ya = max(0, int(x1) - 4), max(0, int(y1) - 4)
             xb, yb = min(w, int(np.ceil(x2)) + 5), min(h, int(np.ceil(y2)) + 5)
             pts = boundary_polygon(masks[i, ya:yb, xa:xb].astype(np.uint8), (xa, ya))
             if len(pts) > 2:
                 pts = cv2.approxPolyDP(pts.reshape(-1, 1, 2).astype(np.int32), 1.0, True).reshape(-1, 2)
-                polygon = (pts * scale).round(1).tolist()
+                polygon = (pts * scale + shift[:2]).round(1).tolist()
         detections.append(
             {
                 "label": classes[int(labels[i]) - 1],
                 "score": round(float(scores[i]), 4),
-                "box": (boxes[i] * scale).round(1).tolist(),
+                "box": boxes[i].round(1).tolist(),
                 "polygon": polygon,
             }
         )
     plates = [
         {k: v for k, v in p.to_dict().items() if k != "center"}
-        for p in read_plates(boxes * scale, labels, scores, classes, **{**(reading or {}), "score_thr": score_thr})
+        for p in read_plates(boxes, labels, scores, classes, **{**(reading or {}), "score_thr": score_thr})
     ]
     return {"image": image, "width": width, "height": height, "detections": detections, "plates": plates}
 
@@ -147,10 +163,20 @@ class ReaderBase:
         reading: plate-reading settings (``char_nms_iou``, ``sub_pattern``, ``main_pattern``).
         max_side: larger images are downscaled to this longest side first (results are in
             original pixels); bounds memory for huge inputs.
+        roi: ``(x, y, width, height)``: read only this region of every image (clipped to the
+            image; results stay in the image's pixels). The model resizes what it reads to its
+            input size, so on a frame much wider than the training images a region around the
+            plates keeps them at the sizes the model learnt.
     """
 
     def __init__(
-        self, classes: Sequence[str], *, score_thr: float = 0.5, reading: dict | None = None, max_side: int = 2048
+        self,
+        classes: Sequence[str],
+        *,
+        score_thr: float = 0.5,
+        reading: dict | None = None,
+        max_side: int = 2048,
+        roi: Sequence[int] | None = None,
     ) -> None:
         if not 0.0 <= score_thr <= 1.0:
             raise ValueError(f"score_thr must be in [0, 1], got {score_thr}")
@@ -160,6 +186,7 @@ class ReaderBase:
         self.score_thr = score_thr
         self.reading = {k: v for k, v in (reading or {}).items() if k in READING_KEYS}
         self.max_side = max_side
+        self.roi = None if roi is None else check_roi(roi)
 
     def detect(self, images: list[np.ndarray]) -> list[Mapping[str, Any]]:
         """Detections of RGB uint8 images: ``boxes``, ``labels``, ``scores`` and ``masks`` ``(N, 1, H, W)``
@@ -169,15 +196,38 @@ class ReaderBase:
     def read(self, images: Sequence[ImageInput], *, color: str = "bgr") -> list[dict]:
         """Results for several images (see :func:`detections_to_result`)."""
         loaded = [load_image(im, color=color) for im in images]
-        fitted = [fit_max_side(rgb, self.max_side) for rgb, _ in loaded]
+        regions = [self.region(rgb.shape[1], rgb.shape[0]) for rgb, _ in loaded]
+        fitted = [
+            fit_max_side(np.ascontiguousarray(rgb[y : y + h, x : x + w]), self.max_side)
+            for (rgb, _), (x, y, w, h) in zip(loaded, regions, strict=True)
+        ]
         outputs = self.detect([rgb for rgb, _ in fitted])
-        return [
+        results = [
             detections_to_result(
                 out, self.classes, image=name, width=rgb.shape[1], height=rgb.shape[0],
-                score_thr=self.score_thr, reading=self.reading, scale=scale,
+                score_thr=self.score_thr, reading=self.reading, scale=scale, offset=(x, y),
             )
-            for out, (rgb, name), (_, scale) in zip(outputs, loaded, fitted, strict=True)
+            for out, (rgb, name), (_, scale), (x, y, _, _) in zip(outputs, loaded, fitted, regions, strict=True)
         ]  # fmt: skip
+        if self.roi is not None:
+            for result, region in zip(results, regions, strict=True):
+                result["roi"] = list(region)
+        return results
+
+    def region(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(x, y, width, height)`` of what is read of a ``width`` x ``height`` image: the
+        ``roi`` clipped to it, or all of it.
+
+        Raises:
+            ValueError: the ``roi`` lies outside the image.
+        """
+        if self.roi is None:
+            return 0, 0, width, height
+        x, y, w, h = self.roi
+        x1, y1, x2, y2 = min(x, width), min(y, height), min(x + w, width), min(y + h, height)
+        if x2 - x1 < 32 or y2 - y1 < 32:
+            raise ValueError(f"roi {list(self.roi)} leaves less than 32x32 pixels of a {width}x{height} image")
+        return x1, y1, x2 - x1, y2 - y1
 
     def __call__(self, image: ImageInput, *, color: str = "bgr") -> dict:
         """The result dict of one image (a path, or a numpy array in ``color`` order)."""

@@ -145,6 +145,11 @@ def read_stream(
                 if not ok:
                     break
                 if frame % every_n_frames == 0:
+                    if not read:
+                        try:
+                            reader.region(bgr.shape[1], bgr.shape[0])
+                        except ValueError as e:
+                            raise StreamError(f"{source}: {e}") from None
                     time_s = frame / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                     result = reader.read([bgr], color="bgr")[0]
                     write(tracker.update(frame, time_s, result["plates"], bgr))

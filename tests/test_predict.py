@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,60 @@ def test_huge_image_is_downscaled_and_results_are_in_original_pixels(checkpoint,
     _check_result(big, 384 * 8, 288 * 8)
     assert len(big["detections"]) == len(small["detections"]) > 0
     assert big["detections"][0]["box"] == pytest.approx([8 * v for v in small["detections"][0]["box"]], abs=8)
+
+
+def test_a_region_of_interest_reads_as_the_image_alone_in_the_frames_pixels(checkpoint, synth_dir):
+    bgr = cv2.imread(str(synth_dir / "images" / "val" / "000000.jpg"))
+    wide = np.zeros((288 + 100, 384 * 3, 3), np.uint8)  # a frame 3x wider than the image, the image at (400, 60)
+    wide[60 : 60 + 288, 400 : 400 + 384] = bgr
+    alone = PlateReader.from_checkpoint(checkpoint, score_thr=0.01)(bgr)
+    framed = PlateReader.from_checkpoint(checkpoint, score_thr=0.01, roi=[400, 60, 384, 288])(wide)
+    _check_result({k: v for k, v in framed.items() if k != "roi"}, 384 * 3, 388)
+    assert framed["roi"] == [400, 60, 384, 288]
+    assert len(framed["detections"]) == len(alone["detections"]) > 0
+    for a, f in zip(alone["detections"], framed["detections"], strict=True):
+        assert (f["label"], f["score"]) == (a["label"], a["score"])
+        assert f["box"] == pytest.approx([a["box"][0] + 400, a["box"][1] + 60, a["box"][2] + 400, a["box"][3] + 60])
+        assert f["polygon"] == [[x + 400, y + 60] for x, y in a["polygon"]]
+    # a roi reaching past the frame is clipped to it; one that leaves too little of it fails that image
+    clipped = PlateReader.from_checkpoint(checkpoint, score_thr=0.01, roi=[400, 60, 5000, 5000])(wide)
+    assert clipped["roi"] == [400, 60, 384 * 3 - 400, 388 - 60]
+    with pytest.raises(ValueError, match="leaves less than 32x32"):
+        PlateReader.from_checkpoint(checkpoint, roi=[1150, 0, 100, 100])(wide)
+    # the region read is outlined, and nothing else changes in the drawing
+    outlined = (draw_result(wide, framed) != draw_result(wide, {**framed, "roi": None})).any(2)
+    ys, xs = np.nonzero(outlined)
+    assert len(ys) > 0 and np.isin(ys, [60, 60 + 287]).any() and np.isin(xs, [400, 400 + 383]).any()
+    assert (np.isin(ys, [60, 60 + 287]) | np.isin(xs, [400, 400 + 383])).all()
+
+
+def test_predict_cli_roi_outside_one_image_fails_that_image_only(tmp_path, checkpoint, synth_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    bgr = cv2.imread(str(synth_dir / "images" / "val" / "000000.jpg"))
+    cv2.imwrite(str(src / "wide.png"), cv2.copyMakeBorder(bgr, 0, 0, 600, 0, cv2.BORDER_CONSTANT))
+    cv2.imwrite(str(src / "small.png"), bgr)
+    proc, out = _run_predict(tmp_path, checkpoint, src, "roi=[600,0,384,288]", "score_thr=0.01")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "small.png: FAILED (roi [600, 0, 384, 288] leaves less than 32x32 pixels of a 384x288 image)" in proc.stdout
+    assert json.loads((out / "wide.json").read_text())["roi"] == [600, 0, 384, 288]
+    assert not (out / "small.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("roi=[1,2,3]", r"roi=\[1, 2, 3\]: must be \[x, y, width, height\]"),
+        ("roi=[0,0,10,100]", r"roi=\[0, 0, 10, 100\]: must be"),
+        ("batch_size=0", r"batch_size=0: must be an integer >= 1"),
+        ("score_thr=2", r"score_thr=2: must be a number in \[0, 1\]"),
+        ("every_n_frames=0", r"every_n_frames=0: must be an integer >= 1"),
+        ("max_side=10", r"max_side=10: must be an integer >= 32"),
+        ("track.max_gap=-1", r"track\.max_gap=-1: must be an integer >= 0"),
+    ],
+)
+def test_predict_cli_bad_option_exits_2_naming_it(tmp_path, checkpoint, synth_dir, option, message):
+    proc, out = _run_predict(tmp_path, checkpoint, synth_dir / "images" / "val", option)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr) and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -15,7 +15,7 @@ import pytest
 
 from lpr.outputs import OutputError
 from lpr.results import ReaderBase
-from lpr.stream import read_stream
+from lpr.stream import StreamError, read_stream
 from lpr.tracks import PlateTracker, vote
 
 TEXT = "12a3456"
@@ -40,8 +40,8 @@ class BrightBoardReader(ReaderBase):
     """A stand-in for the model (the model's own reading is tested elsewhere): the board is the bright
     region of the frame; its text is TEXT, misread in a blurred frame (low Laplacian variance)."""
 
-    def __init__(self) -> None:
-        super().__init__(["dummy"])
+    def __init__(self, roi=None) -> None:
+        super().__init__(["dummy"], roi=roi)
         self.frames = 0
 
     def read(self, images, *, color="bgr"):
@@ -74,6 +74,16 @@ def test_a_plate_passing_by_is_one_event_with_the_voted_text(tmp_path):
     assert 0.5 < event["confidence"] < 1.0  # one reading disagreed
     crop = cv2.imread(str(tmp_path / "out" / event["crop"]))
     assert crop is not None and crop.shape[:2] == (26, 91)  # the board of the best frame
+
+
+def test_a_roi_outside_the_frames_stops_the_stream_with_one_message(tmp_path):
+    video = tmp_path / "road.avi"
+    write_video(video, frames=4)
+    with pytest.raises(
+        StreamError, match=r"road\.avi: roi \[300, 0, 100, 100\] leaves less than 32x32 pixels of a 320x240"
+    ):
+        read_stream(BrightBoardReader(roi=[300, 0, 100, 100]), video, tmp_path / "out", verbose=False)
+    assert (tmp_path / "out" / "events.jsonl").read_text() == ""
 
 
 @pytest.mark.parametrize("name", ["annotated.mp4", "annotated.avi"])
