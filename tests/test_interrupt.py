@@ -18,14 +18,14 @@ from lpr.checkpoint import AtomicCheckpointIO, load
 STEPS = 24  # 12 images / batch 2 = 6 steps an epoch: the kill lands mid-epoch
 
 
-def _cmd(out, data, *extra):
+def _cmd(out, data, *extra, steps=STEPS):
     return [
         sys.executable,
         "-m",
         "lpr.train",
         "+experiment=plate",
         "debug=fast",
-        f"trainer.max_steps={STEPS}",
+        f"trainer.max_steps={steps}",
         "trainer.max_epochs=100",
         "checkpoint.monitor=[]",
         "callbacks.progress.every_n_steps=1",
@@ -70,7 +70,9 @@ def test_sigterm_saves_last_and_resume_reaches_the_same_step(tmp_path):
 def test_ctrl_c_exits_130_with_an_interrupted_summary(tmp_path):
     out, log = tmp_path / "run", tmp_path / "train.out"
     with log.open("w") as fh:
-        proc = subprocess.Popen(_cmd(out, tmp_path / "data"), cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
+        # a run far longer than the wait: on a loaded machine the signal must still find it training
+        cmd = _cmd(out, tmp_path / "data", steps=100_000)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and "step 3/" not in log.read_text():
             time.sleep(0.2)

@@ -157,14 +157,18 @@ def test_ctrl_c_stops_a_stream_and_keeps_what_was_written(fast_run, tmp_path):
     ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lpr.predict", f"ckpt_path={ckpt}", f"input={video}", f"output={out}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "events.jsonl").exists() and time.monotonic() < deadline:  # reading has begun
-        time.sleep(0.2)
-    time.sleep(2)
+    proc = subprocess.Popen([*cmd, "video=drawn.avi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    # the annotated video is opened with the first frame read: a signal after it finds the stream
+    # being read however loaded the machine is, and long before its 300 frames
+    while not (out / "drawn.avi").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "stopped: the events so far are written" in stdout and "Traceback" not in stderr
     frames = int(stdout.split(" frames")[0].split()[-1])
     assert 0 < frames < 300 and (out / "events.jsonl").is_file()
+    written = cv2.VideoCapture(str(out / "drawn.avi"))  # closed playable, with the frames read
+    assert written.isOpened() and written.read()[0]
+    written.release()
