@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lpr.data.validate import is_number
+from lpr.results import check_roi
 
 
 def logged_keys(cfg: DictConfig) -> list[str]:
@@ -114,9 +115,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 
 def _is_roi(v: Any) -> bool:
-    values = list(v) if isinstance(v, (list, tuple, ListConfig)) else []
-    x, y, w, h = values if len(values) == 4 and all(_is_int(i) for i in values) else (-1, -1, 0, 0)
-    return x >= 0 and y >= 0 and w >= 32 and h >= 32
+    try:
+        check_roi(list(v) if isinstance(v, ListConfig) else v)
+    except ValueError:
+        return False
+    return True
 
 
 # lpr.predict's options; a key absent or null is not checked.
