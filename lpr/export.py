@@ -13,7 +13,9 @@ Graph (one image, any size):
 - outputs ``boxes`` ``(N, 4)`` xyxy in the input's pixels, ``labels`` ``(N,)`` int64
   (label ``i + 1`` is class ``i``), ``scores`` ``(N,)``, ``masks`` ``(N, 1, M, M)`` the
   mask head's probabilities over each box, ``scale`` ``(2,)`` the model's resize
-  (resized / input height, width), which the reader needs to paste the masks.
+  (resized / input height, width), which the reader needs to paste the masks, and
+  ``char_probs`` ``(N, classes)`` each character's class probabilities (plate reading
+  uses them where the first choices break the plate grammar).
 
 It is traced with torch's TorchScript-based ONNX exporter: torchvision's
 detection models are written to trace with dynamic sizes, and lpr's own heads
@@ -59,7 +61,7 @@ class InferenceGraph(nn.Module):
     """One image through a torchvision Mask R-CNN, up to the masks' paste: what the ONNX file runs.
 
     ``forward(image)`` with ``image`` float ``(3, H, W)`` in [0, 1] returns ``(boxes, labels, scores,
-    masks, scale)`` as listed in this module's docstring. The model's own transform, backbone, RPN
+    masks, scale, char_probs)`` as listed in this module's docstring. The model's own transform, backbone, RPN
     and RoI heads run as in ``model([image])``; only the paste is left to the reader.
     """
 
@@ -80,7 +82,8 @@ class InferenceGraph(nn.Module):
             [torch.as_tensor(r) / torch.as_tensor(o) for r, o in zip(resized, original, strict=True)]
         ).float()
         boxes = resize_boxes(d["boxes"], resized, original)
-        return boxes, d["labels"], d["scores"], d["masks"], scale
+        probs = d["char_probs"] if "char_probs" in d else d["scores"].new_zeros((d["scores"].shape[0], 0))
+        return boxes, d["labels"], d["scores"], d["masks"], scale, probs
 
 
 def exportable(model: nn.Module) -> nn.Module:
@@ -134,7 +137,7 @@ def to_onnx(model: nn.Module, classes: list[str], reading: dict, *, opset: int =
             output_names=list(OUTPUTS),
             dynamic_axes={
                 "image": {1: "height", 2: "width"},
-                **{name: {0: "detections"} for name in ("boxes", "labels", "scores", "masks")},
+                **{name: {0: "detections"} for name in ("boxes", "labels", "scores", "masks", "char_probs")},
             },
         )
     proto = onnx.load_from_string(buffer.getvalue())

@@ -30,7 +30,9 @@ from lpr.results import ReaderBase
 
 FORMAT = "lpr-onnx/1"  # metadata "lpr_format" of an export this module reads
 INPUTS = ("image",)
-OUTPUTS = ("boxes", "labels", "scores", "masks", "scale")
+OUTPUTS = ("boxes", "labels", "scores", "masks", "scale", "char_probs")
+# exports from lpr < 0.4 have no char_probs: their plates are read from the labels alone
+OUTPUTS_WITHOUT_PROBS = OUTPUTS[:-1]
 
 
 class OnnxModelError(ValueError):
@@ -142,10 +144,10 @@ class OnnxPlateReader(ReaderBase):
                 "write one with python -m lpr.export ckpt_path=CKPT output=model.onnx"
             )
         names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
-        if names != (list(INPUTS), list(OUTPUTS)):
+        if names[0] != list(INPUTS) or names[1] not in (list(OUTPUTS), list(OUTPUTS_WITHOUT_PROBS)):
             raise OnnxModelError(f"ONNX model {self.path} has inputs {names[0]} and outputs {names[1]}, "
                                  f"not an lpr export's {list(INPUTS)} and {list(OUTPUTS)}")  # fmt: skip
-        self.meta = meta
+        self.meta, self.outputs = meta, names[1]
         reading = json.loads(meta["reading"])
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
         super().__init__(json.loads(meta["classes"]), score_thr=thr, reading=reading, max_side=max_side, roi=roi)
@@ -156,9 +158,11 @@ class OnnxPlateReader(ReaderBase):
         outputs = []
         for rgb in images:
             x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
-            boxes, labels, scores, masks, scale = self.session.run(list(OUTPUTS), {"image": x})
-            keep = scores >= self.score_thr
-            boxes, labels, scores, masks = boxes[keep], labels[keep], scores[keep], masks[keep]
-            pasted = paste_masks(masks, boxes, rgb.shape[:2], scale)
-            outputs.append({"boxes": boxes, "labels": labels, "scores": scores, "masks": pasted})
+            out = dict(zip(self.outputs, self.session.run(self.outputs, {"image": x}), strict=True))
+            keep = out["scores"] >= self.score_thr
+            out = {k: v if k == "scale" else v[keep] for k, v in out.items()}
+            out["masks"] = paste_masks(out["masks"], out["boxes"], rgb.shape[:2], out.pop("scale"))
+            if "char_probs" in out and out["char_probs"].shape[1] == 0:  # a model without a character reader
+                del out["char_probs"]
+            outputs.append(out)
         return outputs

@@ -3,11 +3,14 @@
 The rule, in short: keep confident detections, de-duplicate characters with a
 class-agnostic NMS, then for every board take the best sub/main region whose
 centre lies inside it and read the characters whose centres lie inside each
-region, left to right.
+region, left to right. When the detections carry each character's class
+probabilities (``char_probs``, what the character reader gives), a region's
+text is the most probable one its pattern accepts (:func:`fit_pattern`).
 """
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,6 +108,42 @@ def _inside(points: np.ndarray, box: np.ndarray) -> np.ndarray:
     return (points[:, 0] >= box[0]) & (points[:, 0] <= box[2]) & (points[:, 1] >= box[1]) & (points[:, 1] <= box[3])
 
 
+def fit_pattern(
+    probs: np.ndarray, alphabet: Sequence[str], pattern: re.Pattern[str], *, max_tries: int = 2000
+) -> str | None:
+    """The most probable text that ``pattern`` matches, one character of ``alphabet`` per row of ``probs``.
+
+    A text's probability is the product of its characters' probabilities (``probs[i, j]``: position
+    ``i`` is ``alphabet[j]``). Texts are tried best first, each differing from a tried one in one
+    position's next most probable character, so a plate whose first choices already fit costs one
+    try, and one whose type letter was read as a digit a few.
+
+    Returns:
+        The text, or ``None`` when none of the ``max_tries`` most probable texts matches (e.g. a
+        region holding one character too many).
+    """
+    if probs.shape[0] == 0:
+        return "" if pattern.match("") else None
+    order = np.argsort(-probs, axis=1, kind="stable")
+    cost = -np.log(np.clip(np.take_along_axis(probs, order, axis=1), 1e-12, None))
+    first = (0,) * probs.shape[0]
+    heap, seen = [(float(cost[:, 0].sum()), first)], {first}
+    for _ in range(max_tries):
+        if not heap:
+            break
+        total, ranks = heapq.heappop(heap)
+        text = "".join(alphabet[order[i, r]] for i, r in enumerate(ranks))
+        if pattern.match(text):
+            return text
+        for i, r in enumerate(ranks):
+            if r + 1 < probs.shape[1]:
+                nxt = (*ranks[:i], r + 1, *ranks[i + 1 :])
+                if nxt not in seen:
+                    seen.add(nxt)
+                    heapq.heappush(heap, (total - cost[i, r] + cost[i, r + 1], nxt))
+    return None
+
+
 def read_boards(
     boxes: Sequence | np.ndarray,
     labels: Sequence | np.ndarray,
@@ -115,6 +154,7 @@ def read_boards(
     char_nms_iou: float = 0.5,
     sub_pattern: str = DEFAULT_SUB_PATTERN,
     main_pattern: str = DEFAULT_MAIN_PATTERN,
+    char_probs: Sequence | np.ndarray | None = None,
 ) -> list[PlateReading]:
     """Read every board, valid or not (see :func:`read_plates` for the arguments)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -127,9 +167,17 @@ def read_boards(
         )
     if len(labels) and (labels.min() < 1 or labels.max() > len(classes)):
         raise ValueError(f"labels must lie in 1..{len(classes)} (label = class index + 1), got {labels}")
+    if char_probs is not None:
+        char_probs = np.asarray(char_probs, dtype=np.float64)
+        if char_probs.shape != (len(labels), len(classes)):
+            raise ValueError(
+                f"char_probs must be (detections, classes) = ({len(labels)}, {len(classes)}), got {char_probs.shape}"
+            )
     keep = scores >= score_thr
     boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
     names = np.asarray([classes[i - 1] for i in labels], dtype=object)
+    char_columns = np.asarray(character_labels(classes), dtype=np.int64) - 1
+    alphabet = [classes[j] for j in char_columns]
 
     is_char = np.asarray([is_character_class(n) for n in names], dtype=bool)
     char_idx = np.flatnonzero(is_char)
@@ -138,20 +186,26 @@ def read_boards(
     char_centres = _centres(boxes[char_idx]) if len(char_idx) else np.zeros((0, 2))
     centres = _centres(boxes) if len(boxes) else np.zeros((0, 2))
 
-    def read_region(board_idx: int, region_name: str) -> str:
+    if char_probs is not None:
+        char_probs = char_probs[keep][:, char_columns]
+
+    def read_region(board_idx: int, region_name: str, pattern: re.Pattern[str]) -> str:
         candidates = np.flatnonzero((names == region_name) & _inside(centres, boxes[board_idx]))
         if not len(candidates):
             return ""
         region = candidates[np.argmax(scores[candidates])]  # argmax: first of equal scores
         members = char_idx[_inside(char_centres, boxes[region])]
         members = members[np.argsort(_centres(boxes[members])[:, 0], kind="stable")]
-        return "".join(names[members])
+        text = "".join(names[members])
+        if char_probs is not None and not pattern.match(text):
+            text = fit_pattern(char_probs[members], alphabet, pattern) or text
+        return text
 
     sub_re, main_re = re.compile(sub_pattern), re.compile(main_pattern)
     readings = []
     for b in np.flatnonzero(np.isin(names, BOARD_TYPES)):
         prefix = names[b][0]
-        sub, main = read_region(b, f"{prefix}_s_n"), read_region(b, f"{prefix}_m_n")
+        sub, main = read_region(b, f"{prefix}_s_n", sub_re), read_region(b, f"{prefix}_m_n", main_re)
         readings.append(
             PlateReading(
                 type=str(names[b]),
@@ -176,6 +230,7 @@ def read_plates(
     char_nms_iou: float = 0.5,
     sub_pattern: str = DEFAULT_SUB_PATTERN,
     main_pattern: str = DEFAULT_MAIN_PATTERN,
+    char_probs: Sequence | np.ndarray | None = None,
 ) -> list[PlateReading]:
     """Read the plates in one image's detections (docs/metrics.md, EIR).
 
@@ -188,6 +243,11 @@ def read_plates(
         char_nms_iou: class-agnostic NMS IoU threshold among characters.
         sub_pattern: regular expression the sub-number text must match.
         main_pattern: regular expression the main-number text must match.
+        char_probs: ``(N, len(classes))``, optional: for a character detection, the probability
+            of each class (0 for the classes that are no character); the rows of other detections
+            are not read. With them, a region whose labels do not match its pattern reads as the
+            most probable text that does (:func:`fit_pattern`), e.g. a type letter whose pixels
+            looked most like ``0`` as the most likely letter.
 
     Returns:
         The valid readings, one per readable board, in detection order.
@@ -203,6 +263,7 @@ def read_plates(
             char_nms_iou=char_nms_iou,
             sub_pattern=sub_pattern,
             main_pattern=main_pattern,
+            char_probs=char_probs,
         )
         if r.valid
     ]

@@ -103,7 +103,8 @@ def detections_to_result(
 
     Args:
         output: ``boxes`` (xyxy), ``labels``, ``scores``, optional ``masks`` ``(N, 1, H, W)`` soft masks
-            in the model-input pixels; numpy arrays or torch tensors.
+            in the model-input pixels and ``char_probs`` ``(N, classes)`` (plates are then read with
+            them: :func:`lpr.plates.read_plates`); numpy arrays or torch tensors.
         classes: class names (label ``i + 1`` is ``classes[i]``).
         image, width, height: what the result describes (original pixels).
         score_thr: detections below it are left out (and not read).
@@ -147,9 +148,12 @@ def detections_to_result(
                 "polygon": polygon,
             }
         )
+    probs = _numpy(output["char_probs"])[keep] if "char_probs" in output else None
     plates = [
         {k: v for k, v in p.to_dict().items() if k != "center"}
-        for p in read_plates(boxes, labels, scores, classes, **{**(reading or {}), "score_thr": score_thr})
+        for p in read_plates(
+            boxes, labels, scores, classes, char_probs=probs, **{**(reading or {}), "score_thr": score_thr}
+        )
     ]
     return {"image": image, "width": width, "height": height, "detections": detections, "plates": plates}
 

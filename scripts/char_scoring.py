@@ -1,7 +1,7 @@
 """How a checkpoint's plates read under other character NMS thresholds and score weights, and why they fail.
 
     python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--cover none 0.6]
-        [--char-thr 0.5] [--data-root DIR]
+        [--char-thr 0.5] [--grammar on off] [--data-root DIR]
 
 For every combination, the checkpoint's reading heads
 (:class:`lpr.models.char_reader.ReadingRoIHeads`) are set to that character NMS
@@ -18,7 +18,10 @@ of its type with the highest IoU > 0.5): no such board, a sub or main region
 missing, too many or too few characters, or as many but a wrong one.
 ``--char-thr T`` asks what a lower score threshold for the characters alone
 would read: their scores are multiplied by ``score_thr / T`` (at most 1), so
-plate reading keeps those >= T. First it prints, per split of the data set, the
+plate reading keeps those >= T. ``--grammar on off`` reads each setting twice: as
+EIR and predict do (a region whose first-choice characters break its pattern reads
+as the likeliest text that fits, from the detections' ``char_probs``) and from the
+labels alone. First it prints, per split of the data set, the
 largest IoU between two ground-truth characters of one image, and the largest
 share of one's area another covers: how low the characters' NMS and cover
 thresholds can go before they would merge true neighbours.
@@ -96,6 +99,11 @@ def main() -> None:
         help="character cover thresholds ('none': no cover suppression)",
     )  # fmt: skip
     parser.add_argument("--char-thr", type=float, nargs="+", default=None, help="characters' score thresholds")
+    parser.add_argument(
+        "--grammar", nargs="+", choices=("on", "off"), default=["on", "off"],
+        help="on: a region whose first choices break its pattern reads as the likeliest text that fits "
+        "(the detections' char_probs, as EIR and predict read); off: the labels alone",
+    )  # fmt: skip
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
@@ -134,26 +142,32 @@ def main() -> None:
           + "; largest share of one covered by the other "
           + ", ".join(f"{name} {cover:.3f}" for name, (_, cover) in overlaps.items()) + "\n")  # fmt: skip
     kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
-    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'chars':>5} {'EIR':>6} {'read':>7} {'precision':>9} "
+    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'chars':>5} {'grammar':>7} {'EIR':>6} {'read':>7} "
+    header += f"{'precision':>9} "
     print(header + " ".join(f"{k:>14}" for k in kinds))
     for nms, cover, weight in itertools.product(args.nms, args.cover, weights):
         heads.char_nms_thresh, heads.char_cover_thresh, heads.score_weight = nms, cover, weight
         with torch.inference_mode():
             predicted = [(module(images), targets) for images, targets in batches]
-        for char_thr in args.char_thr or [score_thr]:
+        for char_thr, grammar in itertools.product(args.char_thr or [score_thr], args.grammar):
             eir = ExactInferenceRate(classes, **plates_cfg)
             failures: collections.Counter = collections.Counter()
             for outputs, targets in predicted:
                 outputs = [rescale_characters(o, is_char, score_thr / char_thr) for o in outputs]
+                if grammar == "off":
+                    outputs = [{k: v for k, v in o.items() if k != "char_probs"} for o in outputs]
                 eir.update(outputs, targets)
                 for out, target in zip(outputs, targets, strict=True):
-                    read = read_boards(out["boxes"], out["labels"], out["scores"], classes, **reading)
+                    read = read_boards(
+                        out["boxes"], out["labels"], out["scores"], classes, char_probs=out.get("char_probs"), **reading
+                    )
                     for gt in read_boards(target["boxes"], target["labels"], None, classes, **reading):
                         failures[failure(gt, read)] += 1
             values = eir.compute()
             read_share = f"{values['counts']['matched']:3d}/{values['counts']['gt']:<3d}"
             print(
                 f"{nms:5.2f} {'none' if cover is None else f'{cover:.2f}':>5} {weight:6.2f} {char_thr:5.2f} "
+                f"{grammar:>7} "
                 f"{values['EIR']:6.3f} {read_share} "
                 f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),
                 flush=True,

@@ -79,6 +79,11 @@ def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_t
     assert boards.any() and torch.allclose(detections["scores"][boards], torch.tensor(0.1), atol=1e-3)
     assert (detections["scores"][:-1] >= detections["scores"][1:]).all()
     assert len(detections["masks"]) == len(detections["labels"]) <= heads.detections_per_img
+    # each character's class probabilities as the reader gives them (columns: labels 1, 2, 3), zeros elsewhere
+    probs = detections["char_probs"]
+    assert probs.shape == (len(detections["labels"]), 3)
+    assert torch.allclose(probs[chars], torch.tensor([0.4, 0.6, 0.0]).expand(int(chars.sum()), 3), atol=1e-4)
+    assert (probs[boards] == 0).all()
 
 
 def test_reader_trains_on_the_true_boxes_apart_from_the_detector():
@@ -168,7 +173,7 @@ def test_characters_covered_by_a_better_character_box_are_dropped():
     kept = {}
     for cover in (None, 0.6):
         heads = reading_model([1, 2], 4, char_nms_thresh=0.3, char_cover_thresh=cover).eval().roi_heads
-        boxes, scores, _ = heads.detect(torch.rand(1, 3, 128, 160), logits, regression, [proposals], [(128, 160)])
+        boxes, scores, _, _ = heads.detect(torch.rand(1, 3, 128, 160), logits, regression, [proposals], [(128, 160)])
         kept[cover] = [proposals.tolist().index(box) for box in boxes[0].tolist()]
         assert torch.allclose(scores[0], char_probs[kept[cover]], atol=1e-4)
     assert kept == {None: [0, 1, 2], 0.6: [0, 2]}
@@ -203,11 +208,13 @@ def test_reader_learns_not_a_character_from_proposals_that_match_none():
     assert reader.loss(images, [target], negatives).item() == pytest.approx(40.0 / 3, rel=1e-3)
     force_reader(reader, 1)
     assert reader.loss(images, [target], negatives).item() == pytest.approx(80.0 / 3, rel=1e-3)
-    labels, charness = reader.read(images, [target["boxes"]])
+    labels, charness, probs = reader.read(images, [target["boxes"]])
     assert labels.tolist() == [2] and charness.item() == pytest.approx(1.0)
+    assert probs.tolist() == [[pytest.approx(0.0, abs=1e-6), pytest.approx(1.0)]]  # in char_labels order: 4, 2
     force_reader(reader, 2)
-    labels, charness = reader.read(images, [target["boxes"]])  # the label: the likeliest character still
+    labels, charness, probs = reader.read(images, [target["boxes"]])  # the label: the likeliest character still
     assert labels.tolist() in ([4], [2]) and charness.item() < 1e-6
+    assert probs.sum().item() == pytest.approx(1.0)  # which character, were it one
 
 
 def test_negatives_overlap_no_character_and_half_of_them_touch_one():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason='the ONNX reader needs the extra
 
 from lpr.checkpoint import load  # noqa: E402
 from lpr.export import InferenceGraph, example_images  # noqa: E402
-from lpr.onnx_reader import OnnxPlateReader  # noqa: E402
+from lpr.onnx_reader import OUTPUTS, OUTPUTS_WITHOUT_PROBS, OnnxPlateReader  # noqa: E402
 from lpr.reader import PlateReader  # noqa: E402
 
 
@@ -95,6 +96,7 @@ def test_graph_outputs_match_pytorch(exported, spread_checkpoint):
         i, j = (np.array(k, dtype=int) for k in zip(*pairs, strict=True))
         np.testing.assert_allclose(got[2][i], want[2][j], atol=1e-4)  # scores
         np.testing.assert_allclose(got[3][i], want[3][j], atol=1e-3)  # masks
+        np.testing.assert_allclose(got[5][i], want[5][j], atol=1e-4)  # the characters' class probabilities
         compared += len(pairs)
     assert compared > 50
 
@@ -147,6 +149,21 @@ def test_from_onnx_has_the_checkpoint_api(exported, spread_checkpoint, synth_dir
     assert isinstance(by_onnx, OnnxPlateReader)
     assert by_onnx.classes == by_torch.classes and by_onnx.score_thr == by_torch.score_thr
     assert by_onnx(str(image))["plates"] == by_torch(str(image))["plates"]
+
+
+def test_an_export_without_char_probs_still_reads(exported, synth_dir, tmp_path):
+    """Exports of lpr < 0.4 have no char_probs output: their detections read the same, their plates
+    from the labels alone."""
+    proto = onnx.load(str(exported[0]))
+    proto.graph.output.remove(next(o for o in proto.graph.output if o.name == "char_probs"))
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    old, new = OnnxPlateReader(tmp_path / "old.onnx"), OnnxPlateReader(exported[0])
+    assert old.outputs == list(OUTPUTS_WITHOUT_PROBS) and new.outputs == list(OUTPUTS)
+    for image in sorted((synth_dir / "images" / "val").glob("*.jpg"))[:2]:
+        [a], [b] = old.detect([cv2.imread(str(image))[..., ::-1]]), new.detect([cv2.imread(str(image))[..., ::-1]])
+        assert "char_probs" not in a and b["char_probs"].shape == (len(b["labels"]), len(new.classes))
+        for key in ("boxes", "labels", "scores"):
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_bad_onnx_files_get_one_clear_message(exported, tmp_path, synth_dir):

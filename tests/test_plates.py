@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
+import pytest
+
 from lpr.data.synth import PLATE_CLASSES
 from lpr.metrics.eir import match_plates, plate_counts
-from lpr.plates import PlateReading, read_boards, read_plates
+from lpr.plates import DEFAULT_SUB_PATTERN, PlateReading, fit_pattern, read_boards, read_plates
 
 L = {name: i + 1 for i, name in enumerate(PLATE_CLASSES)}
 
@@ -68,6 +73,63 @@ def test_wrong_pattern_is_rejected_but_still_listed_as_a_board():
     [board] = read_boards([b for _, b in dets], [L[n] for n, _ in dets], None, PLATE_CLASSES)
     assert not board.valid and board.text == "1a23456"
     assert _read(one_line(main="345")) == []  # three digits
+
+
+def _probs(dets, **override):
+    """One-hot class probabilities of the character detections; ``override[i]`` = {name: p} for detection i."""
+    probs = np.zeros((len(dets), len(PLATE_CLASSES)))
+    for i, (name, _) in enumerate(dets):
+        if len(name) == 1:
+            probs[i, L[name] - 1] = 1.0
+    for key, row in override.items():
+        i = int(key[1:])
+        probs[i] = 0.0
+        for name, p in row.items():
+            probs[i, L[name] - 1] = p
+    return probs
+
+
+def test_char_probs_read_a_type_letter_misread_as_a_digit_as_its_likeliest_letter():
+    dets = one_line(sub="120")  # the type letter's first choice is '0' (detection 4)
+    assert _read(dets) == []
+    probs = _probs(dets, d4={"0": 0.6, "c": 0.3, "a": 0.1})
+    [r] = _read(dets, char_probs=probs)
+    assert (r.sub, r.main, r.text) == ("12c", "3456", "12c3456")
+    # a digit's second choice, not the letter's: the letter slot holds 'a', a main digit reads 'b' first
+    dets = one_line(main="34b6")
+    [r] = _read(dets, char_probs=_probs(dets, d8={"b": 0.5, "8": 0.3, "6": 0.2}))
+    assert r.text == "12a3486"
+
+
+def test_char_probs_leave_readings_that_fit_and_regions_that_cannot_fit_as_they_are():
+    dets = one_line()
+    [r] = _read(dets, char_probs=_probs(dets, d4={"a": 0.4, "b": 0.35, "0": 0.25}))
+    assert r.text == "12a3456"  # the first choices fit: unchanged
+    dets = [*one_line(), ("7", [99, 5, 103, 25])]  # five characters in the main region: no text of 4 digits
+    [board] = read_boards([b for _, b in dets], [L[n] for n, _ in dets], None, PLATE_CLASSES, char_probs=_probs(dets))
+    assert not board.valid and board.main == "34567"  # read as its labels
+    with pytest.raises(ValueError, match="char_probs must be"):
+        _read(dets, char_probs=np.zeros((len(dets), 3)))
+
+
+def test_fit_pattern_finds_the_most_probable_text_that_matches():
+    alphabet = list("0123456789abcde")
+    pattern = re.compile(DEFAULT_SUB_PATTERN)
+
+    def row(**p):
+        r = np.full(len(alphabet), 1e-6)
+        for ch, v in p.items():
+            r[alphabet.index(ch.lstrip("_"))] = v
+        return r
+
+    probs = np.stack([row(_1=0.5, a=0.45), row(_2=0.9), row(_0=0.5, b=0.3, a=0.2)])
+    assert fit_pattern(probs, alphabet, pattern) == "12b"
+    # the likeliest fitting text changes two positions where one change would cost more
+    probs = np.stack([row(a=0.6, _7=0.4), row(_2=0.9), row(_3=0.99, d=0.01)])
+    assert fit_pattern(probs, alphabet, pattern) == "72d"
+    assert fit_pattern(probs[:1], alphabet, pattern) is None  # one character: no 2-3 digits and a letter
+    assert fit_pattern(np.zeros((0, len(alphabet))), alphabet, pattern) is None
+    assert fit_pattern(np.zeros((0, len(alphabet))), alphabet, re.compile(r"^[0-9]*$")) == ""
 
 
 def test_region_of_the_other_plate_type_is_ignored():

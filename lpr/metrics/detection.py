@@ -69,7 +69,7 @@ class _PerImageMetric(Metric):
 
     def update(self, preds: Sequence[dict], targets: Sequence[dict]) -> None:
         """Args: torchvision detections (``boxes`` xyxy, ``scores``, ``labels``, optional
-        ``masks`` ``(N, 1, H, W)``) and targets (``boxes``, ``labels``, ``masks``
+        ``masks`` ``(N, 1, H, W)``, ``char_probs`` ``(N, classes)``) and targets (``boxes``, ``labels``, ``masks``
         ``(N, H, W)``, ``image_id``, optional ``iscrowd``), one per image."""
         if len(preds) != len(targets):
             raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")
@@ -287,7 +287,10 @@ class ExactInferenceRate(_PerImageMetric):
         image_id = int(target["image_id"])
         if not self.defined:
             return {"image_id": image_id}
-        read = read_plates(_np(pred["boxes"]), _np(pred["labels"]), _np(pred["scores"]), self.classes, **self.reading)
+        probs = _np(pred["char_probs"]) if "char_probs" in pred else None
+        read = read_plates(
+            _np(pred["boxes"]), _np(pred["labels"]), _np(pred["scores"]), self.classes, char_probs=probs, **self.reading
+        )
         gt_boxes = read_boards(_np(target["boxes"]), _np(target["labels"]), None, self.classes, **self.reading)
         return {
             "image_id": image_id,

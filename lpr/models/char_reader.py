@@ -147,9 +147,12 @@ class CharReader(nn.Module):
         return F.cross_entropy(self(images, boxes).float(), torch.cat(classes))
 
     @torch.no_grad()
-    def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images' boxes concatenated: the label of each box's most likely character, and the
-        probability that it is a character at all (1 without ``background``)."""
+    def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All images' boxes concatenated: the label of each box's most likely character, the
+        probability that it is a character at all (1 without ``background``), and ``(boxes,
+        characters)`` the probability of each character (in ``char_labels`` order) if it is one."""
         probs = F.softmax(self(images, boxes).float(), -1)
         n = len(self.char_labels)
-        return self.char_labels[probs[:, :n].argmax(1)], probs[:, :n].sum(1)
+        charness = probs[:, :n].sum(1)
+        chars = probs[:, :n] / charness.clamp(min=torch.finfo(probs.dtype).tiny)[:, None]
+        return self.char_labels[probs[:, :n].argmax(1)], charness, chars

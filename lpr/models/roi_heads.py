@@ -11,7 +11,10 @@ they are, from the box's pixels:
   reader labels it, and its score stays the character score (multiplying in the reader's
   probability put 6 % of the characters under plate reading's 0.5 threshold: EIR 0.71
   instead of 0.77, docs/recipe.md). The other classes are detected as torchvision does.
-  The mask branch then runs for the reader's labels.
+  The mask branch then runs for the reader's labels. Each detection also carries
+  ``char_probs`` ``(classes)``: for a character, the reader's probability of each
+  character class (plate reading falls back on them where the first choices break the
+  plate grammar, :func:`lpr.plates.fit_pattern`); zeros for the other classes.
 
 Characters get their own NMS threshold (``char_nms_thresh``): two boxes on one
 character often overlap less than the 0.5 of torchvision's per-class NMS (a box
@@ -127,8 +130,8 @@ class ReadingRoIHeads(RoIHeads):
             self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         )
         result = [
-            {"boxes": b, "labels": label, "scores": s}
-            for b, s, label in zip(
+            {"boxes": b, "labels": label, "scores": s, "char_probs": p}
+            for b, s, label, p in zip(
                 *self.detect(images, class_logits, box_regression, proposals, image_shapes), strict=True
             )
         ]
@@ -146,28 +149,34 @@ class ReadingRoIHeads(RoIHeads):
         box_regression: torch.Tensor,
         proposals: list[torch.Tensor],
         image_shapes: list[tuple[int, int]],
-    ) -> Detections:
-        """The detections of each image: the other classes as torchvision's ``postprocess_detections``
-        finds them, the characters as the module docstring says, best score first, at most
-        ``detections_per_img`` above ``score_thresh``."""
+    ) -> tuple[list[torch.Tensor], ...]:
+        """The detections of each image, ``(boxes, scores, labels, char_probs)``: the other classes
+        as torchvision's ``postprocess_detections`` finds them, the characters as the module
+        docstring says, best score first, at most ``detections_per_img`` above ``score_thresh``."""
         others = self._other_detections(class_logits, box_regression, proposals, image_shapes)
         chars = self._character_boxes(class_logits, box_regression, proposals, image_shapes)
         sizes = [b.shape[0] for b, _ in chars]  # shapes, not len(): an ONNX export keeps them dynamic
-        labels, reader_charness = self.reader.read(images, [b for b, _ in chars])
-        out: Detections = ([], [], [])
-        for (boxes, scores, classes), (char_boxes, charness), char_classes, by_reader in zip(
-            zip(*others, strict=True), chars, labels.split(sizes), reader_charness.split(sizes), strict=True
-        ):
+        labels, reader_charness, reader_probs = self.reader.read(images, [b for b, _ in chars])
+        columns = self.reader.char_labels - 1
+        out: tuple[list[torch.Tensor], ...] = ([], [], [], [])
+        for (boxes, scores, classes), (char_boxes, charness), char_classes, by_reader, read_probs in zip(
+            zip(*others, strict=True), chars, labels.split(sizes), reader_charness.split(sizes),
+            reader_probs.split(sizes), strict=True,
+        ):  # fmt: skip
             charness = (1 - self.score_weight) * charness + self.score_weight * by_reader.to(charness.dtype)
             if self.char_cover_thresh is not None:
                 kept = suppress_covered(char_boxes, charness, self.char_cover_thresh)
-                char_boxes, charness, char_classes = char_boxes[kept], charness[kept], char_classes[kept]
+                char_boxes, charness, char_classes, read_probs = (
+                    char_boxes[kept], charness[kept], char_classes[kept], read_probs[kept]
+                )  # fmt: skip
+            char_probs = charness.new_zeros((boxes.shape[0] + char_boxes.shape[0], class_logits.shape[-1] - 1))
+            char_probs[boxes.shape[0] :, columns] = read_probs.to(charness.dtype)  # the others' rows stay 0
             boxes = torch.cat([boxes, char_boxes])
             scores = torch.cat([scores, charness])
             classes = torch.cat([classes, char_classes])
             keep = scores.argsort(descending=True)[: self.detections_per_img]
             keep = keep[scores[keep] > self.score_thresh]
-            for lst, value in zip(out, (boxes[keep], scores[keep], classes[keep]), strict=True):
+            for lst, value in zip(out, (boxes[keep], scores[keep], classes[keep], char_probs[keep]), strict=True):
                 lst.append(value)
         return out
 
