@@ -176,8 +176,10 @@ def read_boards(
     keep = scores >= score_thr
     boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
     names = np.asarray([classes[i - 1] for i in labels], dtype=object)
-    char_columns = np.asarray(character_labels(classes), dtype=np.int64) - 1
-    alphabet = [classes[j] for j in char_columns]
+    if char_probs is not None:  # the characters' columns only, in the alphabet's order
+        char_columns = np.asarray(character_labels(classes), dtype=np.int64) - 1
+        alphabet = [classes[j] for j in char_columns]
+        char_probs = char_probs[keep][:, char_columns]
 
     is_char = np.asarray([is_character_class(n) for n in names], dtype=bool)
     char_idx = np.flatnonzero(is_char)
@@ -185,9 +187,6 @@ def read_boards(
         char_idx = char_idx[_nms(boxes[char_idx], scores[char_idx], char_nms_iou)]
     char_centres = _centres(boxes[char_idx]) if len(char_idx) else np.zeros((0, 2))
     centres = _centres(boxes) if len(boxes) else np.zeros((0, 2))
-
-    if char_probs is not None:
-        char_probs = char_probs[keep][:, char_columns]
 
     def read_region(board_idx: int, region_name: str, pattern: re.Pattern[str]) -> str:
         candidates = np.flatnonzero((names == region_name) & _inside(centres, boxes[board_idx]))
