@@ -137,10 +137,23 @@ PREDICT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
-def validate_predict_config(cfg: DictConfig) -> None:
-    """Raise one :class:`ConfigError` listing every bad option of ``lpr.predict`` (key, value, what is allowed)."""
+# lpr.serve's options; a key absent or null is not checked.
+SERVE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    *(rule for rule in PREDICT_RULES if rule[0] in ("score_thr", "max_side", "roi")),
+    ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "an integer in [0, 65535]"),
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("batch_wait_ms", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    ("max_upload_mb", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("max_pixels", lambda v: _is_int(v) and v >= 1024, "an integer >= 1024"),
+    ("timeout_s", lambda v: is_number(v) and v > 0, "a number > 0"),
+]
+
+
+def validate_options(cfg: DictConfig, rules: list[tuple[str, Callable[[Any], bool], str]]) -> None:
+    """Raise one :class:`ConfigError` listing every option of a command that breaks its ``rules``
+    (:data:`PREDICT_RULES`, :data:`SERVE_RULES`): key, value, what is allowed."""
     problems = []
-    for key, ok, allowed in PREDICT_RULES:
+    for key, ok, allowed in rules:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
             shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lpr.checkpoint import CheckpointError
-from lpr.config_check import ConfigError, clear_errors, model_alias, validate_predict_config
+from lpr.config_check import PREDICT_RULES, ConfigError, clear_errors, model_alias, validate_options
 from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
 from lpr.onnx_reader import OnnxModelError
@@ -158,7 +158,7 @@ def predict(
 
 def run(cfg: DictConfig) -> int:
     """The predict task behind the Hydra shell; returns the process exit code."""
-    validate_predict_config(cfg)
+    validate_options(cfg, PREDICT_RULES)
     enlarge_onednn_cache()
     roi = cfg.get("roi")
     options = {

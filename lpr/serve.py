@@ -15,7 +15,9 @@ up to ``batch_wait_ms`` for others, and up to ``batch_size`` images go through
 the model in one forward pass (on 2 CPU cores that measured slower than one by
 one, so the default is 1); the model runs off the event loop. Uploads over ``max_upload_mb`` or
 ``max_pixels`` get 413, files that are no image or a truncated one 400, and a
-request not answered within ``timeout_s`` 504. The service writes no file.
+request not answered within ``timeout_s`` 504. ``roi`` and ``max_side`` are
+predict's: a camera's lane read alone, in the frame's pixels (an image that
+leaves less than 32x32 pixels of the region gets 400). The service writes no file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from omegaconf import DictConfig
 
 import lpr
 from lpr.checkpoint import CheckpointError
-from lpr.config_check import clear_errors, model_alias
+from lpr.config_check import SERVE_RULES, ConfigError, clear_errors, model_alias, validate_options
 from lpr.data.validate import decode_image_bgr
 from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
@@ -177,6 +179,10 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
             pixels = bgr.shape[0] * bgr.shape[1]
             raise HTTPException(413, f"{name} has {pixels} pixels, over the limit of {limits.max_pixels}")
         try:
+            reader.region(bgr.shape[1], bgr.shape[0])
+        except ValueError as e:
+            raise HTTPException(400, f"{name}: {e}") from None
+        try:
             result = await asyncio.wait_for(batcher.read(bgr), limits.timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"not read within {limits.timeout_s} s") from None
@@ -197,6 +203,8 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
             "classes": reader.classes,
             "score_thr": reader.score_thr,
             "reading": reader.reading,
+            "roi": None if reader.roi is None else list(reader.roi),
+            "max_side": reader.max_side,
             "model": model,
             "lpr_version": lpr.__version__,
             "limits": limits.__dict__,
@@ -209,26 +217,36 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
     return app
 
 
-def reader_for(path: str, *, device: str = "cpu", score_thr: float | None = None) -> ReaderBase:
-    """A checkpoint's reader, or an ONNX export's (by its ``.onnx`` suffix)."""
+def reader_for(path: str, **options) -> ReaderBase:
+    """A checkpoint's reader, or an ONNX export's (by its ``.onnx`` suffix); ``options`` are the
+    readers' keyword arguments (``device``, ``score_thr``, ``max_side``, ``roi``). An export is
+    served without importing torch."""
     if Path(path).suffix.lower() == ".onnx":
         from lpr.onnx_reader import OnnxPlateReader
 
-        return OnnxPlateReader(path, device=device, score_thr=score_thr)
+        return OnnxPlateReader(path, **options)
     from lpr.reader import PlateReader
 
-    return PlateReader.from_checkpoint(path, device=device, score_thr=score_thr)
+    return PlateReader.from_checkpoint(path, **options)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
-@clear_errors(CheckpointError, OnnxModelError, ServeError)
+@clear_errors(CheckpointError, ConfigError, OnnxModelError, ServeError)
 def main(cfg: DictConfig) -> None:
+    validate_options(cfg, SERVE_RULES)
     try:
         import uvicorn
     except ImportError:
         raise ServeError('the service needs its extra: pip install -e ".[serve]"') from None
     enlarge_onednn_cache()
-    reader = reader_for(cfg.ckpt_path, device=cfg.device, score_thr=cfg.get("score_thr"))
+    roi = cfg.get("roi")
+    reader = reader_for(
+        cfg.ckpt_path,
+        device=cfg.device,
+        score_thr=cfg.get("score_thr"),
+        max_side=int(cfg.max_side),
+        roi=None if roi is None else list(roi),
+    )
     limits = Limits(
         max_upload_bytes=int(cfg.max_upload_mb * 2**20),
         max_pixels=int(cfg.max_pixels),

@@ -31,6 +31,7 @@ def server(fast_run):
     port = free_port()
     ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
     args = f"ckpt_path={ckpt}", f"port={port}", "max_upload_mb=1", "max_pixels=1000000", "batch_size=8"
+    args += ("roi=[0,0,384,288]",)  # the whole of the set's images: what a wider frame shows beyond it is not read
     proc = subprocess.Popen([sys.executable, "-m", "lpr.serve", *args], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -61,6 +62,23 @@ def test_a_photo_is_read_raw_or_multipart_and_drawn(server, synth_dir):
     jpeg = cv2.imdecode(np.frombuffer(base64.b64decode(drawn.json()["drawn"]), np.uint8), cv2.IMREAD_COLOR)
     assert jpeg.shape == (288, 384, 3)
     assert [d["box"] for d in drawn.json()["detections"]] == [d["box"] for d in result["detections"]]
+    assert result["roi"] == [0, 0, 384, 288]
+
+
+def test_a_wider_frame_is_read_in_the_roi_alone(server, synth_dir):
+    """A camera's frame with the photo in its top-left corner and another plate's photo beside it: the
+    service reads what the photo alone reads (lossless PNG: the same pixels), and nothing beyond it."""
+    images = sorted((synth_dir / "images" / "val").glob("*.jpg"))
+    photo, other = cv2.imread(str(images[0])), cv2.imread(str(images[1]))
+    frame = np.zeros((600, 800, 3), np.uint8)
+    frame[:288, :384], frame[300:588, 400:784] = photo, other
+    png = cv2.imencode(".png", photo)[1].tobytes()
+    alone = httpx.post(f"{server}/read", content=png, timeout=60).json()
+    wide = httpx.post(f"{server}/read", content=cv2.imencode(".png", frame)[1].tobytes(), timeout=60).json()
+    assert alone["detections"] and (wide["width"], wide["height"], wide["roi"]) == (800, 600, [0, 0, 384, 288])
+    assert wide["detections"] == alone["detections"] and wide["plates"] == alone["plates"]
+    tiny = httpx.post(f"{server}/read", content=cv2.imencode(".png", frame[:20, :20])[1].tobytes(), timeout=60)
+    assert tiny.status_code == 400 and "leaves less than 32x32 pixels of a 20x20 image" in tiny.json()["error"]
 
 
 def test_bad_uploads_get_one_clear_4xx_each(server, synth_dir):
@@ -101,6 +119,16 @@ def test_the_page_and_info(server, fast_run):
 
     assert info["classes"] == load(fast_run[0] / "checkpoints" / "last.ckpt").classes
     assert info["reading"]["sub_pattern"] and info["limits"]["max_pixels"] == 1000000
+    assert (info["roi"], info["max_side"]) == ([0, 0, 384, 288], 2048)
+
+
+def test_bad_options_stop_the_service_with_one_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpr.serve", f"ckpt_path={tmp_path / 'none.ckpt'}", "roi=[1,2]", "port=-1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "roi=[1, 2]: must be [x, y, width, height]" in proc.stderr and "port=-1: must be" in proc.stderr
 
 
 def test_the_page_reads_a_photo_in_a_real_browser(server, synth_dir, tmp_path):
