@@ -108,6 +108,10 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.metrics.plates.score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.metrics.plates.char_nms_iou", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.rpn.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("model.net.zoom.max_width", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("model.net.zoom.target_width", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("model.net.zoom.max_factor", lambda v: is_number(v) and v > 1, "a number > 1"),
+    ("model.net.zoom.min_score", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
     *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
@@ -131,6 +135,7 @@ PREDICT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("max_frames", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
     ("max_side", lambda v: _is_int(v) and v >= 32, "an integer >= 32"),
     ("roi", _is_roi, "[x, y, width, height] in pixels: integers, x and y >= 0, width and height >= 32; or null"),
+    ("zoom", lambda v: isinstance(v, bool), "true or false, or null"),
     ("track.iou_thresh", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("track.max_gap", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("track.min_readings", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -139,7 +144,7 @@ PREDICT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 # lpr.serve's options; a key absent or null is not checked.
 SERVE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    *(rule for rule in PREDICT_RULES if rule[0] in ("score_thr", "max_side", "roi")),
+    *(rule for rule in PREDICT_RULES if rule[0] in ("score_thr", "max_side", "roi", "zoom")),
     ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "an integer in [0, 65535]"),
     ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("batch_wait_ms", lambda v: is_number(v) and v >= 0, "a number >= 0"),

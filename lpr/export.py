@@ -17,6 +17,10 @@ Graph (one image, any size):
   ``char_probs`` ``(N, classes)`` each character's class probabilities (plate reading
   uses them where the first choices break the plate grammar).
 
+A model that reads small boards again (``model.net.zoom``, :mod:`lpr.zoom`) is
+exported as its one pass, with the zoom's settings in the metadata: the reader
+runs the graph again on each window, as the PyTorch model runs itself.
+
 It is traced with torch's TorchScript-based ONNX exporter: torchvision's
 detection models are written to trace with dynamic sizes, and lpr's own heads
 keep shapes dynamic (``tensor.shape`` rather than ``len``) and run their one
@@ -26,6 +30,7 @@ data-dependent loop scripted (:func:`lpr.models.char_reader.suppress_covered`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -145,6 +150,7 @@ def to_onnx(model: nn.Module, classes: list[str], reading: dict, *, opset: int =
         "lpr_format": FORMAT,
         "classes": json.dumps(classes),
         "reading": json.dumps(reading),
+        "zoom": json.dumps(None if getattr(model, "zoom", None) is None else dataclasses.asdict(model.zoom)),
         "lpr_version": lpr.__version__,
         "torch_version": torch.__version__,
         "source": source,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lpr.results import ReaderBase
+from lpr.zoom import BoardZoom, with_zoom
 
 FORMAT = "lpr-onnx/1"  # metadata "lpr_format" of an export this module reads
 INPUTS = ("image",)
@@ -120,6 +121,8 @@ class OnnxPlateReader(ReaderBase):
         score_thr: detections below it are dropped; ``None``: the threshold stored at export.
         max_side: larger images are downscaled to this longest side first.
         roi: ``(x, y, width, height)``: read only this region of every image.
+        zoom: ``None`` reads small boards again as the exported model was configured
+            (:mod:`lpr.zoom`), ``True`` also with a model configured without it, ``False`` in one pass.
 
     Raises:
         OnnxModelError: the file is missing, truncated, not an lpr export, or not runnable here.
@@ -133,6 +136,7 @@ class OnnxPlateReader(ReaderBase):
         score_thr: float | None = None,
         max_side: int = 2048,
         roi: Sequence[int] | None = None,
+        zoom: bool | None = None,
     ) -> None:
         self.path = Path(path)
         self.session = _session(self.path, str(device))
@@ -148,21 +152,72 @@ class OnnxPlateReader(ReaderBase):
             raise OnnxModelError(f"ONNX model {self.path} has inputs {names[0]} and outputs {names[1]}, "
                                  f"not an lpr export's {list(INPUTS)} and {list(OUTPUTS)}")  # fmt: skip
         self.meta, self.outputs = meta, names[1]
+        stored = json.loads(meta.get("zoom", "null"))  # exports from lpr < 0.5 read in one pass
+        classes = json.loads(meta["classes"])
+        self.zoom = with_zoom(None if stored is None else BoardZoom(**stored), classes, zoom)
         reading = json.loads(meta["reading"])
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
-        super().__init__(json.loads(meta["classes"]), score_thr=thr, reading=reading, max_side=max_side, roi=roi)
+        super().__init__(classes, score_thr=thr, reading=reading, max_side=max_side, roi=roi)
 
     def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Detections of RGB uint8 images, one run each; masks pasted for the boxes at ``score_thr`` or above
-        (the others are not read)."""
+        """Detections of RGB uint8 images, one run each (and one for each board read again, see
+        :mod:`lpr.zoom`); masks pasted for the boxes at ``score_thr`` or above (the others are not read)."""
         outputs = []
         for rgb in images:
-            x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
-            out = dict(zip(self.outputs, self.session.run(self.outputs, {"image": x}), strict=True))
-            keep = out["scores"] >= self.score_thr
-            out = {k: v if k == "scale" else v[keep] for k, v in out.items()}
-            out["masks"] = paste_masks(out["masks"], out["boxes"], rgb.shape[:2], out.pop("scale"))
+            first = self._run(rgb)
+            keep, parts = np.ones(len(first["scores"]), bool), []
+            height, width = rgb.shape[:2]
+            windows = (
+                []
+                if self.zoom is None
+                else self.zoom.windows(first["boxes"], first["labels"], first["scores"], width, height)
+            )
+            for board, window in windows:
+                look = self._look_again(rgb, first, board, window)
+                if look is not None:  # None: the second look did not find the board, the first reading stays
+                    keep &= look[0]
+                    parts.append(look[1])
+            out = self._kept(first, keep, (height, width))
+            if parts:
+                out = {k: np.concatenate([v, *(p[k] for p in parts)]) for k, v in out.items()}
+                order = np.argsort(-out["scores"], kind="stable")
+                out = {k: v[order] for k, v in out.items()}
             if "char_probs" in out and out["char_probs"].shape[1] == 0:  # a model without a character reader
                 del out["char_probs"]
             outputs.append(out)
         return outputs
+
+    def _look_again(
+        self, rgb: np.ndarray, first: dict[str, np.ndarray], board: int, window: tuple[int, int, int, int]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        """The graph run on ``window`` of ``rgb`` around the first run's ``board``: which of the first
+        run's detections to keep, and the second's that take the others' place (in ``rgb``'s pixels,
+        masks pasted); ``None`` when the second run does not find the board."""
+        x1, y1, x2, y2 = window
+        second = self._run(np.ascontiguousarray(rgb[y1:y2, x1:x2]))
+        offset = np.asarray([x1, y1, x1, y1], second["boxes"].dtype)
+        take = self.zoom.taken(
+            first["boxes"][board], int(first["labels"][board]), second["boxes"] + offset, second["labels"]
+        )
+        if take is None:
+            return None
+        part = self._kept(second, np.isin(np.arange(len(second["labels"])), take), (y2 - y1, x2 - x1))
+        full = np.zeros((*part["masks"].shape[:-2], *rgb.shape[:2]), np.float32)
+        full[..., y1:y2, x1:x2] = part["masks"]
+        return ~self.zoom.replaced(board, first["boxes"], first["labels"]), {
+            **part,
+            "boxes": part["boxes"] + offset,
+            "masks": full,
+        }
+
+    def _run(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs for one RGB uint8 image."""
+        x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+        return dict(zip(self.outputs, self.session.run(self.outputs, {"image": x}), strict=True))
+
+    def _kept(self, out: dict[str, np.ndarray], rows: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
+        """The detections ``rows`` of one run at ``score_thr`` or above, masks pasted into an image of ``size``."""
+        rows = rows & (out["scores"] >= self.score_thr)
+        kept = {k: v[rows] for k, v in out.items() if k != "scale"}
+        kept["masks"] = paste_masks(kept["masks"], kept["boxes"], size, out["scale"])
+        return kept

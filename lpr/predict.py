@@ -166,6 +166,7 @@ def run(cfg: DictConfig) -> int:
         "score_thr": cfg.get("score_thr"),
         "max_side": cfg.max_side,
         "roi": None if roi is None else list(roi),
+        "zoom": cfg.get("zoom"),
     }
     if Path(cfg.ckpt_path).suffix.lower() == ".onnx":
         reader: ReaderBase = PlateReader.from_onnx(cfg.ckpt_path, **options)

@@ -18,6 +18,7 @@ from torch import nn
 from lpr.checkpoint import load
 from lpr.onnx_reader import OnnxPlateReader
 from lpr.results import ReaderBase, UnreadableImageError, detections_to_result, load_image
+from lpr.zoom import with_zoom
 
 __all__ = ["PlateReader", "UnreadableImageError", "detections_to_result", "load_image"]  # the last three: lpr.results
 
@@ -60,11 +61,16 @@ class PlateReader(ReaderBase):
         score_thr: float | None = None,
         max_side: int = 2048,
         roi: Sequence[int] | None = None,
+        zoom: bool | None = None,
     ) -> PlateReader:
-        """Everything from the checkpoint alone: model, classes and its plate-reading settings."""
+        """Everything from the checkpoint alone: model, classes and its plate-reading settings.
+        ``zoom``: ``None`` reads small boards again as the model was configured (:mod:`lpr.zoom`),
+        ``True`` also with a model configured without it, ``False`` in one pass."""
         loaded = load(path, map_location=device)
         reading = dict(loaded.module.hparams.get("metrics", {}).get("plates", {}))
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
+        if hasattr(loaded.model, "zoom"):  # lpr's PlateMaskRCNN
+            loaded.model.zoom = with_zoom(loaded.model.zoom, loaded.classes, zoom)
         return cls(
             loaded.model, loaded.classes, device=device, score_thr=thr, reading=reading, max_side=max_side, roi=roi
         )
@@ -77,9 +83,10 @@ class PlateReader(ReaderBase):
         score_thr: float | None = None,
         max_side: int = 2048,
         roi: Sequence[int] | None = None,
+        zoom: bool | None = None,
     ) -> OnnxPlateReader:
         """A reader of the same API on an ONNX export (``python -m lpr.export``), run by onnxruntime."""
-        return OnnxPlateReader(path, device=device, score_thr=score_thr, max_side=max_side, roi=roi)
+        return OnnxPlateReader(path, device=device, score_thr=score_thr, max_side=max_side, roi=roi, zoom=zoom)
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:

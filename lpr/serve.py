@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import importlib.resources
 import logging
 import sys
@@ -205,6 +206,7 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
             "reading": reader.reading,
             "roi": None if reader.roi is None else list(reader.roi),
             "max_side": reader.max_side,
+            "zoom": _zoom_info(reader),
             "model": model,
             "lpr_version": lpr.__version__,
             "limits": limits.__dict__,
@@ -217,9 +219,15 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
     return app
 
 
+def _zoom_info(reader: ReaderBase) -> dict | None:
+    """The second look's settings of a reader (``None``: one pass)."""
+    zoom = getattr(reader, "zoom", None) or getattr(getattr(reader, "model", None), "zoom", None)
+    return None if zoom is None else dataclasses.asdict(zoom)
+
+
 def reader_for(path: str, **options) -> ReaderBase:
     """A checkpoint's reader, or an ONNX export's (by its ``.onnx`` suffix); ``options`` are the
-    readers' keyword arguments (``device``, ``score_thr``, ``max_side``, ``roi``). An export is
+    readers' keyword arguments (``device``, ``score_thr``, ``max_side``, ``roi``, ``zoom``). An export is
     served without importing torch."""
     if Path(path).suffix.lower() == ".onnx":
         from lpr.onnx_reader import OnnxPlateReader
@@ -246,6 +254,7 @@ def main(cfg: DictConfig) -> None:
         score_thr=cfg.get("score_thr"),
         max_side=int(cfg.max_side),
         roi=None if roi is None else list(roi),
+        zoom=cfg.get("zoom"),
     )
     limits = Limits(
         max_upload_bytes=int(cfg.max_upload_mb * 2**20),

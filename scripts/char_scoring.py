@@ -1,7 +1,7 @@
 """How a checkpoint's plates read under other character NMS thresholds and score weights, and why they fail.
 
     python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--cover none 0.6]
-        [--char-thr 0.5] [--grammar on off] [--data-root DIR]
+        [--char-thr 0.5] [--grammar on off] [--zoom on off] [--data-root DIR]
 
 For every combination, the checkpoint's reading heads
 (:class:`lpr.models.char_reader.ReadingRoIHeads`) are set to that character NMS
@@ -21,7 +21,10 @@ would read: their scores are multiplied by ``score_thr / T`` (at most 1), so
 plate reading keeps those >= T. ``--grammar on off`` reads each setting twice: as
 EIR and predict do (a region whose first-choice characters break its pattern reads
 as the likeliest text that fits, from the detections' ``char_probs``) and from the
-labels alone. First it prints, per split of the data set, the
+labels alone. ``--zoom on off`` reads with and without the second look at small
+boards (:mod:`lpr.zoom`: the checkpoint's own settings, or the defaults of
+:class:`lpr.zoom.BoardZoom` for a checkpoint trained without them). First it
+prints, per split of the data set, the
 largest IoU between two ground-truth characters of one image, and the largest
 share of one's area another covers: how low the characters' NMS and cover
 thresholds can go before they would merge true neighbours.
@@ -43,6 +46,7 @@ from lpr.data.validate import load_coco_json
 from lpr.metrics.detection import ExactInferenceRate
 from lpr.models.char_reader import covered_share
 from lpr.plates import PlateReading, character_labels, is_character_class, read_boards
+from lpr.zoom import with_zoom
 
 READING_KEYS = ("score_thr", "char_nms_iou", "sub_pattern", "main_pattern")
 
@@ -104,6 +108,10 @@ def main() -> None:
         help="on: a region whose first choices break its pattern reads as the likeliest text that fits "
         "(the detections' char_probs, as EIR and predict read); off: the labels alone",
     )  # fmt: skip
+    parser.add_argument(
+        "--zoom", nargs="+", choices=("on", "off"), default=["on"],
+        help="on: small boards read again, enlarged (lpr.zoom); off: one pass",
+    )  # fmt: skip
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
@@ -142,11 +150,16 @@ def main() -> None:
           + "; largest share of one covered by the other "
           + ", ".join(f"{name} {cover:.3f}" for name, (_, cover) in overlaps.items()) + "\n")  # fmt: skip
     kinds = ("no board", "region missing", "too many chars", "too few chars", "wrong char")
-    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'chars':>5} {'grammar':>7} {'EIR':>6} {'read':>7} "
+    zooms = {
+        "on": with_zoom(module.model.zoom, classes, True),
+        "off": None,
+    }
+    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'zoom':>4} {'chars':>5} {'grammar':>7} {'EIR':>6} {'read':>7} "
     header += f"{'precision':>9} "
     print(header + " ".join(f"{k:>14}" for k in kinds))
-    for nms, cover, weight in itertools.product(args.nms, args.cover, weights):
+    for nms, cover, weight, zoom in itertools.product(args.nms, args.cover, weights, args.zoom):
         heads.char_nms_thresh, heads.char_cover_thresh, heads.score_weight = nms, cover, weight
+        module.model.zoom = zooms[zoom]
         with torch.inference_mode():
             predicted = [(module(images), targets) for images, targets in batches]
         for char_thr, grammar in itertools.product(args.char_thr or [score_thr], args.grammar):
@@ -166,7 +179,7 @@ def main() -> None:
             values = eir.compute()
             read_share = f"{values['counts']['matched']:3d}/{values['counts']['gt']:<3d}"
             print(
-                f"{nms:5.2f} {'none' if cover is None else f'{cover:.2f}':>5} {weight:6.2f} {char_thr:5.2f} "
+                f"{nms:5.2f} {'none' if cover is None else f'{cover:.2f}':>5} {weight:6.2f} {zoom:>4} {char_thr:5.2f} "
                 f"{grammar:>7} "
                 f"{values['EIR']:6.3f} {read_share} "
                 f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),

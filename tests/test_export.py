@@ -20,6 +20,7 @@ from lpr.checkpoint import load  # noqa: E402
 from lpr.export import InferenceGraph, example_images  # noqa: E402
 from lpr.onnx_reader import OUTPUTS, OUTPUTS_WITHOUT_PROBS, OnnxPlateReader  # noqa: E402
 from lpr.reader import PlateReader  # noqa: E402
+from lpr.zoom import BoardZoom  # noqa: E402
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -63,6 +64,7 @@ def test_export_writes_metadata_and_checks_itself(exported, spread_checkpoint):
     assert json.loads(meta["classes"]) == loaded.classes
     reading = json.loads(meta["reading"])
     assert reading["sub_pattern"] == loaded.module.hparams["metrics"]["plates"]["sub_pattern"]
+    assert loaded.model.zoom is not None and BoardZoom(**json.loads(meta["zoom"])) == loaded.model.zoom
     assert "checked on 4 synthetic scenes" in stdout and "warning" not in stdout
 
 
@@ -149,6 +151,8 @@ def test_from_onnx_has_the_checkpoint_api(exported, spread_checkpoint, synth_dir
     assert isinstance(by_onnx, OnnxPlateReader)
     assert by_onnx.classes == by_torch.classes and by_onnx.score_thr == by_torch.score_thr
     assert by_onnx(str(image))["plates"] == by_torch(str(image))["plates"]
+    assert by_onnx.zoom == by_torch.model.zoom is not None  # the second look's settings travel in the metadata
+    assert PlateReader.from_onnx(exported[0], zoom=False).zoom is None
 
 
 def test_an_export_without_char_probs_still_reads(exported, synth_dir, tmp_path):

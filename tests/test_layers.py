@@ -9,7 +9,7 @@ LPR = Path(__file__).resolve().parents[1] / "lpr"
 # lowest first; a module may import its own layer and those below it
 LAYERS = [
     {"lpr.plates", "lpr.classes", "lpr.outputs", "lpr.hardware", "lpr.draw", "lpr.metrics", "lpr.data.validate"},
-    {"lpr.data", "lpr.results", "lpr.onnx_reader", "lpr.tracks"},
+    {"lpr.data", "lpr.results", "lpr.onnx_reader", "lpr.tracks", "lpr.zoom"},
     {"lpr.stream"},
     {"lpr.models"},
     {"lpr.callbacks", "lpr.checkpoint"},

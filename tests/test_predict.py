@@ -159,6 +159,7 @@ def test_predict_cli_roi_outside_one_image_fails_that_image_only(tmp_path, check
     [
         ("roi=[1,2,3]", r"roi=\[1, 2, 3\]: must be \[x, y, width, height\]"),
         ("roi=[0,0,10,100]", r"roi=\[0, 0, 10, 100\]: must be"),
+        ("zoom=maybe", r"zoom='maybe': must be true or false, or null"),
         ("batch_size=0", r"batch_size=0: must be an integer >= 1"),
         ("score_thr=2", r"score_thr=2: must be a number in \[0, 1\]"),
         ("every_n_frames=0", r"every_n_frames=0: must be an integer >= 1"),

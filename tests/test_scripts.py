@@ -47,9 +47,10 @@ def test_char_accuracy_prints_its_table(fast_run):
 
 def test_char_scoring_prints_a_row_per_setting(fast_run):
     ckpt = str(fast_run[0] / "checkpoints" / "last.ckpt")
-    out = _run(str(SCRIPTS / "char_scoring.py"), ckpt, "--nms", "0.3", "0.5", "--weight", "0.25")
+    out = _run(str(SCRIPTS / "char_scoring.py"), ckpt, "--nms", "0.3", "0.5", "--weight", "0.25", "--zoom", "on", "off")
     rows = re.findall(r"^\s*0\.[35]0?\s.*$", out, re.MULTILINE)
-    assert len(rows) == 4 and sum(" on " in r for r in rows) == sum(" off " in r for r in rows) == 2, out
+    zoom_grammar = [tuple(r.split()[3:6:2]) for r in rows]  # nms cover weight zoom chars grammar ...
+    assert len(rows) == 8 and sorted(set(zoom_grammar)) == [(z, g) for z in ("off", "on") for g in ("off", "on")], out
 
 
 def test_bench_predict_prints_the_ratio(fast_run):

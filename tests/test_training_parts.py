@@ -244,7 +244,9 @@ def test_a_model_config_of_lpr_0_2_is_the_plate_recipe_in_parts():
     assert net_as_parts(parts) is parts  # a config in parts is left as it is
     with initialize_config_dir(CONF, version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=plate"])
-    assert parts == OmegaConf.to_container(cfg.model.net, resolve=True)
+    recipe = OmegaConf.to_container(cfg.model.net, resolve=True)
+    assert recipe.pop("zoom")["_target_"] == "lpr.zoom.BoardZoom"  # since lpr 0.5; an lpr 0.2 model reads in one pass
+    assert parts == recipe
 
 
 def test_time_budget_stops_on_time_with_the_schedule_ending_there(synth_dir):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+from torch import Tensor
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
@@ -12,6 +14,65 @@ from lpr.models.char_reader import CharReader
 from lpr.models.heads import Branch, LevelRPN
 from lpr.models.roi_heads import ReadingRoIHeads
 from lpr.models.transform import DetectionTransform
+from lpr.zoom import BoardZoom
+
+
+class PlateMaskRCNN(GeneralizedRCNN):
+    """torchvision's ``GeneralizedRCNN`` that, in eval mode and with ``zoom``, reads small boards a
+    second time on an enlarged window of the image (:class:`lpr.zoom.BoardZoom`): the second pass's
+    regions and characters replace the first's on each such board. Training is unchanged, and so
+    are the weights: a checkpoint loads with or without ``zoom``.
+    """
+
+    def __init__(self, *args, zoom: BoardZoom | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.zoom = zoom
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        outputs = super().forward(images, targets)
+        if self.training or self.zoom is None:
+            return outputs
+        plans = []  # (image index, board index, window)
+        for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
+            boxes, labels, scores = (_numpy(out[k]) for k in ("boxes", "labels", "scores"))
+            plans += [(i, b, w) for b, w in self.zoom.windows(boxes, labels, scores, image.shape[-1], image.shape[-2])]
+        if not plans:
+            return outputs
+        seconds = super().forward([images[i][:, y1:y2, x1:x2] for i, _, (x1, y1, x2, y2) in plans])
+        for i, out in enumerate(outputs):
+            looks = [(b, w, second) for (j, b, w), second in zip(plans, seconds, strict=True) if j == i]
+            if looks:
+                outputs[i] = self._merge(out, looks, images[i].shape[-2:])
+        return outputs
+
+    def _merge(self, first: dict[str, Tensor], looks: list, size: torch.Size) -> dict[str, Tensor]:
+        """``first`` (one image's detections) with those on each looked-at board replaced by the second
+        look's: ``looks`` holds ``(board index, window, detections in the window's pixels)``."""
+        keep = torch.ones(len(first["labels"]), dtype=torch.bool)
+        parts: dict[str, list[Tensor]] = {key: [] for key in first}
+        boxes, labels = _numpy(first["boxes"]), _numpy(first["labels"])
+        for board, (x1, y1, x2, y2), second in looks:
+            moved = second["boxes"] + second["boxes"].new_tensor([x1, y1, x1, y1])
+            take = self.zoom.taken(boxes[board], int(labels[board]), _numpy(moved), _numpy(second["labels"]))
+            if take is None:  # the second look did not find the board: the first reading stays
+                continue
+            keep &= torch.from_numpy(~self.zoom.replaced(board, boxes, labels))
+            take = torch.from_numpy(take).to(moved.device)
+            for key in first:
+                extra = moved[take] if key == "boxes" else second[key][take]
+                if key == "masks":  # pasted into the window: into the whole image
+                    full = extra.new_zeros((*extra.shape[:-2], *size))
+                    full[..., y1:y2, x1:x2] = extra
+                    extra = full
+                parts[key].append(extra)
+        keep = keep.to(first["labels"].device)
+        merged = {key: torch.cat([value[keep], *parts[key]]) for key, value in first.items()}
+        order = torch.argsort(merged["scores"], descending=True, stable=True)
+        return {key: value[order] for key, value in merged.items()}
+
+
+def _numpy(t: Tensor):
+    return t.detach().cpu().numpy()
 
 
 def build_maskrcnn(
@@ -25,7 +86,9 @@ def build_maskrcnn(
     roi_heads: Callable[..., ReadingRoIHeads],
     char_reader: Callable[..., CharReader] | None = None,
     char_labels: Sequence[int] | None = None,
-) -> GeneralizedRCNN:
+    zoom: Callable[..., BoardZoom] | None = None,
+    board_labels: Sequence[int] | None = None,
+) -> PlateMaskRCNN:
     """Mask R-CNN from its parts: the parts built here are completed with the sizes that follow
     from the others (the FPN's channels and map names, the number of classes).
 
@@ -44,10 +107,14 @@ def build_maskrcnn(
             pixels (:class:`lpr.models.char_reader.CharReader`); ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
+        zoom: ``(board_labels) -> BoardZoom``: read small boards again, enlarged, at inference
+            (:class:`lpr.zoom.BoardZoom`); ``None``: one pass.
+        board_labels: the labels of the board classes, required with ``zoom`` (passed as
+            ``char_labels`` are).
 
     Returns:
-        torchvision's ``GeneralizedRCNN`` (the class of its ``MaskRCNN``), taking a list of float
-        CHW images in [0, 1] (and targets in training).
+        a :class:`PlateMaskRCNN` (torchvision's ``GeneralizedRCNN``, the class of its ``MaskRCNN``),
+        taking a list of float CHW images in [0, 1] (and targets in training).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts background, so it must be >= 2, got {num_classes}")
@@ -60,4 +127,10 @@ def build_maskrcnn(
         reader,
     )
     # the heads that read pixels (the reader, a pixel mask branch) find the input among the features
-    return GeneralizedRCNN(BackboneWithImage(backbone), rpn(channels, featmap_names), heads, transform)
+    return PlateMaskRCNN(
+        BackboneWithImage(backbone),
+        rpn(channels, featmap_names),
+        heads,
+        transform,
+        zoom=None if zoom is None else zoom(board_labels or []),
+    )

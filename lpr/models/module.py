@@ -16,7 +16,8 @@ from torch import nn
 
 from lpr.classes import check_classes
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
-from lpr.plates import character_labels
+from lpr.plates import BOARD_TYPES, character_labels
+from lpr.zoom import board_labels
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,13 @@ class MaskRCNNModule(L.LightningModule):
                 raise ValueError(
                     f"model.net.char_reader reads characters, but the class list {classes} has no character "
                     "class (single-character names); set model.net.char_reader=null"
+                )
+        if net.get("zoom") is not None:
+            extra["board_labels"] = board_labels(classes)
+            if not extra["board_labels"]:
+                raise ValueError(
+                    f"model.net.zoom reads small boards again, but the class list {classes} has no board class "
+                    f"({', '.join(BOARD_TYPES)}); set model.net.zoom=null"
                 )
         self.model = instantiate(net, num_classes=len(classes) + 1, **extra, _convert_="all")
         if channels_last:
