@@ -7,6 +7,7 @@ plate list; the checkpoint mode also draws per-class PR curves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
 from lpr.models.module import VAL_KEYS, MaskRCNNModule
 from lpr.outputs import OutputError, make_dir, write_text
+from lpr.zoom import with_zoom
 
 log = logging.getLogger("lpr.evaluate")
 
@@ -218,6 +220,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     split: str = "val",
     classes: str = "all",
+    zoom: bool | None = None,
 ) -> tuple[dict, dict]:
     """Run a checkpoint over a data set's validation split and compute every metric.
 
@@ -230,6 +233,9 @@ def evaluate_checkpoint(
         classes: ``"all"``: the data set's category names must be the checkpoint's class names (in
             any order, with any ids); ``"shared"``: score the classes both have, leave out the
             annotations of the others (the report lists what was left out under ``classes``).
+        zoom: ``None`` reads small boards again as the model was configured (:mod:`lpr.zoom`),
+            ``True`` also with a model configured without it, ``False`` in one pass; the report
+            names the settings read with (``zoom``).
 
     Returns:
         ``(report, details)``: the JSON report and the metrics' raw details (PR arrays).
@@ -240,9 +246,12 @@ def evaluate_checkpoint(
     if classes not in ("all", "shared"):
         raise ValueError(f"classes must be all or shared, got {classes!r}")
     loaded = load(ckpt_path, map_location=device)
+    if hasattr(loaded.model, "zoom"):  # lpr's PlateMaskRCNN
+        loaded.model.zoom = with_zoom(loaded.model.zoom, loaded.classes, zoom)
     datamodule = validation_data(loaded, data_cfg, batch_size=batch_size, shared_classes=classes == "shared")
     loader = datamodule.split_dataloader(split)
     report, details = evaluate_module(loaded.module, loader, loaded.classes, device=device)
+    report["zoom"] = None if getattr(loaded.model, "zoom", None) is None else dataclasses.asdict(loaded.model.zoom)
     if classes == "shared":
         in_data = [n for n in class_names(loader.dataset.coco) if n in loaded.classes]
         report["classes"] = {
@@ -380,6 +389,8 @@ def run(cfg: DictConfig) -> dict:
             raise ValueError("predictions=... needs gt=GT.json (the COCO ground truth)")
         report = evaluate_results(cfg.gt, cfg.predictions, metrics)
     elif cfg.get("ckpt_path"):
+        if cfg.get("zoom") is not None and not isinstance(cfg.zoom, bool):
+            raise ValueError(f"zoom={cfg.zoom!r}: must be true or false, or null")
         report, details = evaluate_checkpoint(
             cfg.ckpt_path,
             cfg.get("data"),
@@ -387,6 +398,7 @@ def run(cfg: DictConfig) -> dict:
             batch_size=cfg.get("batch_size"),
             split=cfg.split,
             classes=cfg.get("classes", "all"),
+            zoom=cfg.get("zoom"),
         )
         pr_dir = Path(cfg.report).parent / "pr_curves" if cfg.get("pr_curves") else None
         classes = list(report["per_class"])

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lpr.data.synth import PLATE_CLASSES
-from lpr.evaluate import evaluate_results
+from lpr.evaluate import evaluate_checkpoint, evaluate_results
 
 TOP_KEYS = {"mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR", "plate_precision"}
 
@@ -39,12 +39,24 @@ def test_evaluate_checkpoint_cli_writes_report_pr_curves_and_tensorboard(fast_ru
     # the last checkpoint is the state that was validated last in training
     assert report["mAP"] == pytest.approx(metrics["val/mAP"], abs=1e-6)
     assert report["EIR"] == pytest.approx(metrics["val/EIR"], abs=1e-6)
+    assert report["zoom"]["max_width"] == 120  # read as in training: with the recipe's second look at small boards
     pngs = list((tmp_path / "pr_curves").glob("pr_*.png"))
     assert pngs, "one PR-curve PNG per class with ground truth"
     events = list(tb.glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
     assert any(tag.startswith("pr_bbox_AP/") for tag in acc.Tags()["tensors"])
+
+
+def test_evaluate_reads_in_one_pass_when_told(fast_run, tmp_path):
+    report, _ = evaluate_checkpoint(str(fast_run[0] / "checkpoints" / "last.ckpt"), None, zoom=False)
+    assert report["zoom"] is None and report["plate_counts"]["gt"] > 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpr.evaluate", f"ckpt_path={fast_run[0] / 'checkpoints' / 'last.ckpt'}", "zoom=maybe"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "zoom='maybe': must be true or false, or null" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_evaluate_results_on_plate_data_reads_plates(synth_dir, tmp_path):
