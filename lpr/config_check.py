@@ -110,7 +110,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.net.rpn.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.net.zoom.max_width", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.net.zoom.target_width", lambda v: is_number(v) and v > 0, "a number > 0"),
-    ("model.net.zoom.max_factor", lambda v: is_number(v) and v > 1, "a number > 1"),
+    ("model.net.zoom.max_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.net.zoom.min_score", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
     *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),

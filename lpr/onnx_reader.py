@@ -170,7 +170,9 @@ class OnnxPlateReader(ReaderBase):
             windows = (
                 []
                 if self.zoom is None
-                else self.zoom.windows(first["boxes"], first["labels"], first["scores"], width, height)
+                else self.zoom.windows(
+                    first["boxes"], first["labels"], first["scores"], width, height, float(first["scale"].min())
+                )
             )
             for board, window in windows:
                 look = self._look_again(rgb, first, board, window)

@@ -4,11 +4,16 @@ A plate 60 px wide in a 384x288 image has characters 5 px wide and 9 px tall:
 the detector finds the board but misses or misreads its characters. Plate
 readers work in two stages for this reason (find the plate, then read it
 large); :class:`BoardZoom` adds that second stage to lpr's one-stage model. For
-every board narrower than ``max_width`` it cuts a window of the image around
-the board, with the image's aspect ratio and small enough that the model's
-resize makes the board about ``target_width`` wide, runs the same model on it,
-and replaces the first pass's detections on that board (its regions and
+every board the model sees narrower than ``max_width`` it cuts a window of the
+image around the board, with the image's aspect ratio and so small that the
+model's resize makes the board about ``target_width`` wide, runs the same model
+on it, and replaces the first pass's detections on that board (its regions and
 characters) with the second pass's. The board's own detection stays.
+
+Widths are in the model's input pixels (after its resize), so the rule holds
+for images of any size: the plate recipe enlarges 384x288 images 1.5x, so its
+180 px are a board 120 px wide there, and a 1920x1080 frame, which the same
+resize shrinks to 0.3x, has its boards under 600 px looked at again.
 
 The planning here is torch-free, shared by the PyTorch model
 (:class:`lpr.models.maskrcnn.PlateMaskRCNN`) and the ONNX reader
@@ -57,42 +62,46 @@ class BoardZoom:
 
     Args:
         board_labels: the labels of the board classes (``l_board``, ``r_board``).
-        max_width: boards narrower than this, in the image's pixels, are read again ...
-        target_width: ... on a window of the image that enlarges them to about this width ...
-        max_factor: ... by at most this factor.
+        max_width: boards the model sees narrower than this (its input pixels) are read again ...
+        target_width: ... on a window of the image that the model's resize makes them about this
+            wide in ...
+        max_scale: ... but enlarges the image's own pixels at most this much (input pixels per
+            image pixel: past it there is nothing more to see).
         min_score: only boards detected with this score or more.
     """
 
     board_labels: tuple[int, ...]
-    max_width: float = 120.0
-    target_width: float = 160.0
-    max_factor: float = 3.0
+    max_width: float = 180.0
+    target_width: float = 240.0
+    max_scale: float = 4.5
     min_score: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "board_labels", tuple(int(v) for v in self.board_labels))
-        if not (self.max_width > 0 and self.target_width > 0):
-            raise ValueError(f"max_width and target_width must be > 0, got {self.max_width}, {self.target_width}")
-        if not self.max_factor > 1:
-            raise ValueError(f"max_factor must be > 1, got {self.max_factor}")
+        if not (self.max_width > 0 and self.target_width > 0 and self.max_scale > 0):
+            raise ValueError(
+                "max_width, target_width and max_scale must be > 0, "
+                f"got {self.max_width}, {self.target_width}, {self.max_scale}"
+            )
         if not 0 <= self.min_score <= 1:
             raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
 
     def windows(
-        self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, width: int, height: int
+        self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, width: int, height: int, scale: float
     ) -> list[tuple[int, tuple[int, int, int, int]]]:
         """The boards of one image's detections to read again, best first, each with its window
-        ``(x1, y1, x2, y2)`` in the image's pixels. A board whose centre lies inside one already
-        chosen (a plate found as both board types) is not read twice.
+        ``(x1, y1, x2, y2)`` in the image's pixels. ``scale`` is the model's resize of the image
+        (input pixels per image pixel). A board whose centre lies inside one already chosen (a plate
+        found as both board types) is not read twice.
         """
         boxes, labels, scores = np.asarray(boxes).reshape(-1, 4), np.asarray(labels), np.asarray(scores)
         chosen: list[tuple[int, tuple[int, int, int, int]]] = []
         boards = np.flatnonzero(np.isin(labels, self.board_labels) & (scores >= self.min_score))
         for i in boards[np.argsort(-scores[boards], kind="stable")]:
             box = boxes[i]
-            board_width = float(box[2] - box[0])
-            factor = min(self.max_factor, self.target_width / max(board_width, 1.0))
-            if board_width >= self.max_width or factor <= 1 or any(_inside(box, boxes[j])[0] for j, _ in chosen):
+            seen = float(box[2] - box[0]) * scale  # the board's width as the model sees it
+            factor = min(self.target_width / max(seen, 1.0), self.max_scale / scale)
+            if seen >= self.max_width or factor <= 1 or any(_inside(box, boxes[j])[0] for j, _ in chosen):
                 continue
             w, h = min(width, math.ceil(width / factor)), min(height, math.ceil(height / factor))
             x1 = int(np.clip(round((box[0] + box[2]) / 2 - w / 2), 0, width - w))

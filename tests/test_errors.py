@@ -52,7 +52,7 @@ def _cfg(*overrides: str):
         ("model.metrics.plates.sub_pattern='[0-9'", r"sub_pattern='\[0-9': must be a valid regular expression"),
         ("model.net.roi_heads.char_cover_thresh=abc", r"char_cover_thresh='abc': must be a number in \[0, 1\]"),
         ("model.net.transform.min_size=0", r"model\.net\.transform\.min_size=0: must be an integer >= 1"),
-        ("model.net.zoom.max_factor=1", r"model\.net\.zoom\.max_factor=1: must be a number > 1"),
+        ("model.net.zoom.max_scale=0", r"model\.net\.zoom\.max_scale=0: must be a number > 0"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):

@@ -39,7 +39,7 @@ def test_evaluate_checkpoint_cli_writes_report_pr_curves_and_tensorboard(fast_ru
     # the last checkpoint is the state that was validated last in training
     assert report["mAP"] == pytest.approx(metrics["val/mAP"], abs=1e-6)
     assert report["EIR"] == pytest.approx(metrics["val/EIR"], abs=1e-6)
-    assert report["zoom"]["max_width"] == 120  # read as in training: with the recipe's second look at small boards
+    assert report["zoom"]["max_width"] == 180  # read as in training: with the recipe's second look at small boards
     pngs = list((tmp_path / "pr_curves").glob("pr_*.png"))
     assert pngs, "one PR-curve PNG per class with ground truth"
     events = list(tb.glob("events.out.tfevents.*"))

@@ -120,7 +120,7 @@ def test_the_page_and_info(server, fast_run):
     assert info["classes"] == load(fast_run[0] / "checkpoints" / "last.ckpt").classes
     assert info["reading"]["sub_pattern"] and info["limits"]["max_pixels"] == 1000000
     assert (info["roi"], info["max_side"]) == ([0, 0, 384, 288], 2048)
-    assert info["zoom"]["max_width"] == 120  # the recipe's second look at small boards
+    assert info["zoom"]["max_width"] == 180  # the recipe's second look at small boards
 
 
 def test_bad_options_stop_the_service_with_one_message(tmp_path):

@@ -26,7 +26,7 @@ TEXT = "12a3456"
 
 
 def test_windows_enlarge_small_boards_to_the_target_width():
-    zoom = BoardZoom(BOARDS, max_width=120, target_width=160, max_factor=3)
+    zoom = BoardZoom(BOARDS)  # the recipe's: 180 px of the model's input, made 240, image pixels 4.5x at most
     boxes = np.array(
         [
             [100, 100, 160, 115],  # 60 px: enlarged 160/60 = 2.67x
@@ -40,14 +40,17 @@ def test_windows_enlarge_small_boards_to_the_target_width():
     )
     labels = np.array([BOARDS[0], BOARDS[1], BOARDS[0], BOARDS[1], BOARDS[0], 1])
     scores = np.array([0.9, 0.8, 0.99, 0.7, 0.4, 0.99])
-    windows = zoom.windows(boxes, labels, scores, 384, 288)
+    windows = zoom.windows(boxes, labels, scores, 384, 288, 1.5)  # the recipe enlarges 384x288 images 1.5x
     assert [board for board, _ in windows] == [0, 1]
     (x1, y1, x2, y2), (u1, v1, u2, v2) = windows[0][1], windows[1][1]
     assert (x2 - x1, y2 - y1) == (144, 108) and (x1 + x2) / 2 == pytest.approx(130, abs=1) and (y1 + y2) / 2 == 108
     assert (u2 - u1, v2 - v1) == (128, 96) and (u1, v2) == (0, 288)
-    assert zoom.windows(boxes, labels, scores, 384, 288) == windows  # deterministic
-    with pytest.raises(ValueError, match="max_factor must be > 1"):
-        BoardZoom(BOARDS, max_factor=1)
+    assert zoom.windows(boxes, labels, scores, 384, 288, 1.5) == windows  # deterministic
+    # a 1920x1080 frame, shrunk to 0.3x: a board 300 px wide there is seen 90 px wide, enlarged 2.67x
+    [(_, (x1, y1, x2, y2))] = zoom.windows(np.array([[800, 500, 1100, 560]]), BOARDS[:1], [0.9], 1920, 1080, 0.3)
+    assert (x2 - x1, y2 - y1) == (720, 405)
+    with pytest.raises(ValueError, match="max_width, target_width and max_scale must be > 0"):
+        BoardZoom(BOARDS, max_scale=0)
 
 
 def test_the_second_look_replaces_what_lies_on_its_board():
@@ -136,10 +139,10 @@ class ShapeHeads(nn.Module):
 
 @pytest.fixture
 def model() -> nn.Module:
-    """A Mask R-CNN reading at the image's size (288 x 384), with the stand-in heads and the recipe's zoom."""
-    net = tiny_net(
-        transform={"min_size": 288, "max_size": 384}, zoom={"_target_": "lpr.zoom.BoardZoom", "_partial_": True}
-    )
+    """A Mask R-CNN reading at the image's size (288 x 384), with the stand-in heads and the recipe's zoom
+    as it reads a 384x288 image (the recipe enlarges those 1.5x, this model not)."""
+    zoom = {"_target_": "lpr.zoom.BoardZoom", "_partial_": True, "max_width": 120, "target_width": 160, "max_scale": 3}
+    net = tiny_net(transform={"min_size": 288, "max_size": 384}, zoom=zoom)
     model = instantiate(net, num_classes=len(PLATE_CLASSES) + 1, board_labels=list(BOARDS), _convert_="all")
     model.roi_heads = ShapeHeads(model.transform.image_mean, model.transform.image_std)
     return model.eval()
@@ -163,7 +166,7 @@ def test_the_model_reads_a_small_plate_on_its_second_look(model):
     with torch.no_grad():
         out = model([image])[0]
     board = [d["box"] for d in once["detections"] if d["label"] == "l_board"]
-    [(_, (x1, y1, x2, y2))] = model.zoom.windows(np.array(board), np.array([BOARDS[0]]), np.array([0.9]), 384, 288)
+    [(_, (x1, y1, x2, y2))] = model.zoom.windows(np.array(board), BOARDS[:1], [0.9], 384, 288, 1.0)
     assert (x2 - x1, y2 - y1) == (154, 116)  # 384 x 288 / 2.5: the board enlarged to 160 px
     ys, xs = torch.nonzero(out["masks"][out["labels"] <= 15].sum(0)[0] > 0, as_tuple=True)  # the characters'
     assert len(xs) and x1 <= xs.min() and xs.max() < x2 and y1 <= ys.min() and ys.max() < y2  # in the window
@@ -221,7 +224,7 @@ def test_a_reader_looks_again_as_its_model_was_trained_unless_told(fast_run, tmp
     """The recipe's checkpoint looks again; ``zoom=False`` reads in one pass; a checkpoint trained without
     the zoom (as before lpr 0.5) reads in one pass unless ``zoom=True``."""
     path = fast_run[0] / "checkpoints" / "last.ckpt"
-    recipe = BoardZoom(BOARDS, max_width=120, target_width=160, max_factor=3)
+    recipe = BoardZoom(BOARDS, max_width=180, target_width=240, max_scale=4.5)
     assert PlateReader.from_checkpoint(path).model.zoom == recipe
     assert PlateReader.from_checkpoint(path, zoom=False).model.zoom is None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)

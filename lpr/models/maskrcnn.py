@@ -35,7 +35,9 @@ class PlateMaskRCNN(GeneralizedRCNN):
         plans = []  # (image index, board index, window)
         for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
             boxes, labels, scores = (_numpy(out[k]) for k in ("boxes", "labels", "scores"))
-            plans += [(i, b, w) for b, w in self.zoom.windows(boxes, labels, scores, image.shape[-1], image.shape[-2])]
+            height, width = image.shape[-2:]
+            scale = self.transform.scale(height, width)
+            plans += [(i, b, w) for b, w in self.zoom.windows(boxes, labels, scores, width, height, scale)]
         if not plans:
             return outputs
         seconds = super().forward([images[i][:, y1:y2, x1:x2] for i, _, (x1, y1, x2, y2) in plans])

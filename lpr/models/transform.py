@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -58,6 +59,12 @@ class DetectionTransform(GeneralizedRCNNTransform):
             raise ValueError(f"crop is (height, width), each >= 32 pixels, got {list(crop)}")
         self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
         self.soft_masks = soft_masks
+
+    def scale(self, height: int, width: int) -> float:
+        """The resize of an image of that size at inference: the resized pixels per image pixel
+        along its shorter axis (torchvision's rule; sizes are floored)."""
+        factor = min(self.min_size[-1] / min(height, width), self.max_size / max(height, width))
+        return min(math.floor(height * factor) / height, math.floor(width * factor) / width)
 
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
