@@ -154,9 +154,13 @@ SERVE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+# lpr.evaluate's options checked here (its others are checked where they are read).
+EVAL_RULES = [rule for rule in PREDICT_RULES if rule[0] == "zoom"]
+
+
 def validate_options(cfg: DictConfig, rules: list[tuple[str, Callable[[Any], bool], str]]) -> None:
     """Raise one :class:`ConfigError` listing every option of a command that breaks its ``rules``
-    (:data:`PREDICT_RULES`, :data:`SERVE_RULES`): key, value, what is allowed."""
+    (:data:`PREDICT_RULES`, :data:`SERVE_RULES`, :data:`EVAL_RULES`): key, value, what is allowed."""
     problems = []
     for key, ok, allowed in rules:
         value = OmegaConf.select(cfg, key, default=None)

@@ -7,7 +7,6 @@ plate list; the checkpoint mode also draws per-class PR curves.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -25,7 +24,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from lpr.checkpoint import CheckpointError, LoadedCheckpoint, load
-from lpr.config_check import clear_errors
+from lpr.config_check import EVAL_RULES, clear_errors, validate_options
 from lpr.data.coco import decode_segmentation
 from lpr.data.validate import (
     ClassMismatchError,
@@ -40,7 +39,7 @@ from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
 from lpr.models.module import VAL_KEYS, MaskRCNNModule
 from lpr.outputs import OutputError, make_dir, write_text
-from lpr.zoom import with_zoom
+from lpr.zoom import set_zoom, settings
 
 log = logging.getLogger("lpr.evaluate")
 
@@ -246,12 +245,11 @@ def evaluate_checkpoint(
     if classes not in ("all", "shared"):
         raise ValueError(f"classes must be all or shared, got {classes!r}")
     loaded = load(ckpt_path, map_location=device)
-    if hasattr(loaded.model, "zoom"):  # lpr's PlateMaskRCNN
-        loaded.model.zoom = with_zoom(loaded.model.zoom, loaded.classes, zoom)
+    set_zoom(loaded.model, loaded.classes, zoom)
     datamodule = validation_data(loaded, data_cfg, batch_size=batch_size, shared_classes=classes == "shared")
     loader = datamodule.split_dataloader(split)
     report, details = evaluate_module(loaded.module, loader, loaded.classes, device=device)
-    report["zoom"] = None if getattr(loaded.model, "zoom", None) is None else dataclasses.asdict(loaded.model.zoom)
+    report["zoom"] = settings(getattr(loaded.model, "zoom", None))
     if classes == "shared":
         in_data = [n for n in class_names(loader.dataset.coco) if n in loaded.classes]
         report["classes"] = {
@@ -389,8 +387,7 @@ def run(cfg: DictConfig) -> dict:
             raise ValueError("predictions=... needs gt=GT.json (the COCO ground truth)")
         report = evaluate_results(cfg.gt, cfg.predictions, metrics)
     elif cfg.get("ckpt_path"):
-        if cfg.get("zoom") is not None and not isinstance(cfg.zoom, bool):
-            raise ValueError(f"zoom={cfg.zoom!r}: must be true or false, or null")
+        validate_options(cfg, EVAL_RULES)
         report, details = evaluate_checkpoint(
             cfg.ckpt_path,
             cfg.get("data"),

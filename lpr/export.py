@@ -30,7 +30,6 @@ data-dependent loop scripted (:func:`lpr.models.char_reader.suppress_covered`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import logging
@@ -54,6 +53,7 @@ from lpr.models.roi_align import SparseMultiScaleRoIAlign
 from lpr.onnx_reader import FORMAT, INPUTS, OUTPUTS, OnnxModelError, OnnxPlateReader
 from lpr.outputs import OutputError, write_bytes
 from lpr.reader import PlateReader
+from lpr.zoom import settings
 
 log = logging.getLogger("lpr.export")
 
@@ -150,7 +150,7 @@ def to_onnx(model: nn.Module, classes: list[str], reading: dict, *, opset: int =
         "lpr_format": FORMAT,
         "classes": json.dumps(classes),
         "reading": json.dumps(reading),
-        "zoom": json.dumps(None if getattr(model, "zoom", None) is None else dataclasses.asdict(model.zoom)),
+        "zoom": json.dumps(settings(getattr(model, "zoom", None))),
         "lpr_version": lpr.__version__,
         "torch_version": torch.__version__,
         "source": source,

@@ -18,7 +18,7 @@ from torch import nn
 from lpr.checkpoint import load
 from lpr.onnx_reader import OnnxPlateReader
 from lpr.results import ReaderBase, UnreadableImageError, detections_to_result, load_image
-from lpr.zoom import with_zoom
+from lpr.zoom import BoardZoom, set_zoom
 
 __all__ = ["PlateReader", "UnreadableImageError", "detections_to_result", "load_image"]  # the last three: lpr.results
 
@@ -69,8 +69,7 @@ class PlateReader(ReaderBase):
         loaded = load(path, map_location=device)
         reading = dict(loaded.module.hparams.get("metrics", {}).get("plates", {}))
         thr = score_thr if score_thr is not None else reading.get("score_thr", 0.5)
-        if hasattr(loaded.model, "zoom"):  # lpr's PlateMaskRCNN
-            loaded.model.zoom = with_zoom(loaded.model.zoom, loaded.classes, zoom)
+        set_zoom(loaded.model, loaded.classes, zoom)
         return cls(
             loaded.model, loaded.classes, device=device, score_thr=thr, reading=reading, max_side=max_side, roi=roi
         )
@@ -87,6 +86,11 @@ class PlateReader(ReaderBase):
     ) -> OnnxPlateReader:
         """A reader of the same API on an ONNX export (``python -m lpr.export``), run by onnxruntime."""
         return OnnxPlateReader(path, device=device, score_thr=score_thr, max_side=max_side, roi=roi, zoom=zoom)
+
+    @property
+    def zoom(self) -> BoardZoom | None:
+        """The model's second look at small boards (:mod:`lpr.zoom`); ``None``: one pass."""
+        return getattr(self.model, "zoom", None)
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:

@@ -19,6 +19,7 @@ import numpy as np
 from lpr.data.validate import read_image_bgr
 from lpr.metrics.dv import boundary_polygon
 from lpr.plates import read_plates
+from lpr.zoom import BoardZoom
 
 ImageInput = np.ndarray | str | os.PathLike
 READING_KEYS = ("char_nms_iou", "sub_pattern", "main_pattern")  # plate-reading settings besides score_thr
@@ -172,6 +173,8 @@ class ReaderBase:
             input size, so on a frame much wider than the training images a region around the
             plates keeps them at the sizes the model learnt.
     """
+
+    zoom: BoardZoom | None = None  # the second look at small boards, where a reader's model has one
 
     def __init__(
         self,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import importlib.resources
 import logging
 import sys
@@ -46,6 +45,7 @@ from lpr.draw import draw_result
 from lpr.hardware import enlarge_onednn_cache
 from lpr.onnx_reader import OnnxModelError
 from lpr.results import ReaderBase
+from lpr.zoom import settings
 
 try:  # the [serve] extra; at module level, as FastAPI resolves the endpoints' annotations here
     from fastapi import FastAPI, HTTPException, Request
@@ -206,7 +206,7 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
             "reading": reader.reading,
             "roi": None if reader.roi is None else list(reader.roi),
             "max_side": reader.max_side,
-            "zoom": _zoom_info(reader),
+            "zoom": settings(reader.zoom),
             "model": model,
             "lpr_version": lpr.__version__,
             "limits": limits.__dict__,
@@ -217,12 +217,6 @@ def create_app(reader: ReaderBase, limits: Limits | None = None, *, model: str =
         return _page()
 
     return app
-
-
-def _zoom_info(reader: ReaderBase) -> dict | None:
-    """The second look's settings of a reader (``None``: one pass)."""
-    zoom = getattr(reader, "zoom", None) or getattr(getattr(reader, "model", None), "zoom", None)
-    return None if zoom is None else dataclasses.asdict(zoom)
 
 
 def reader_for(path: str, **options) -> ReaderBase:

@@ -22,6 +22,7 @@ The planning here is torch-free, shared by the PyTorch model
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,19 @@ def with_zoom(current: BoardZoom | None, classes: Sequence[str], zoom: bool | No
     if not zoom:
         return None
     return current or BoardZoom(board_labels(classes))
+
+
+def set_zoom(model: object, classes: Sequence[str], zoom: bool | None) -> BoardZoom | None:
+    """Set a loaded model's second look as a reader asks (:func:`with_zoom`) and return it; a model
+    without one (not lpr's :class:`~lpr.models.maskrcnn.PlateMaskRCNN`) is left as it is."""
+    if hasattr(model, "zoom"):
+        model.zoom = with_zoom(model.zoom, classes, zoom)
+    return getattr(model, "zoom", None)
+
+
+def settings(zoom: BoardZoom | None) -> dict | None:
+    """A zoom's settings as JSON-ready values (``None``: one pass), as reports and exports name them."""
+    return None if zoom is None else dataclasses.asdict(zoom)
 
 
 def _centres(boxes: np.ndarray) -> np.ndarray:
