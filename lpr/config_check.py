@@ -112,6 +112,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.net.zoom.target_width", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.net.zoom.max_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.net.zoom.min_score", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.net.train_zoom", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
     *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
@@ -224,6 +225,8 @@ def validate_train_config(cfg: DictConfig) -> None:
                 f"callbacks.memory warn_percent={w}, skip_percent={s}, stop_percent={t}: "
                 "need 0 < warn_percent <= skip_percent < stop_percent <= 100"
             )
+    if OmegaConf.select(cfg, "model.net.train_zoom", default=0) and OmegaConf.select(cfg, "model.net.zoom") is None:
+        problems.append("model.net.train_zoom trains on the second look's windows: it needs model.net.zoom")
     monitor = OmegaConf.select(cfg, "checkpoint.monitor", default=None)
     keys = [monitor] if isinstance(monitor, str) else list(monitor or [])
     logged = logged_keys(cfg) if keys else []

@@ -53,11 +53,13 @@ def _cfg(*overrides: str):
         ("model.net.roi_heads.char_cover_thresh=abc", r"char_cover_thresh='abc': must be a number in \[0, 1\]"),
         ("model.net.transform.min_size=0", r"model\.net\.transform\.min_size=0: must be an integer >= 1"),
         ("model.net.zoom.max_scale=0", r"model\.net\.zoom\.max_scale=0: must be a number > 0"),
+        ("model.net.train_zoom=1.5", r"model\.net\.train_zoom=1\.5: must be a number in \[0, 1\]"),
+        ("model.net.zoom=null model.net.train_zoom=0.5", r"model\.net\.train_zoom trains on .* needs model\.net\.zoom"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
-        validate_train_config(_cfg(override))
+        validate_train_config(_cfg(*override.split()))
 
 
 def test_all_bad_values_in_one_message():

@@ -233,3 +233,43 @@ def test_a_reader_looks_again_as_its_model_was_trained_unless_told(fast_run, tmp
     torch.save(ckpt, tmp_path / "old.ckpt")
     assert PlateReader.from_checkpoint(tmp_path / "old.ckpt").model.zoom is None
     assert PlateReader.from_checkpoint(tmp_path / "old.ckpt", zoom=True).model.zoom == BoardZoom(BOARDS)
+
+
+def test_training_sees_small_boards_as_the_second_look_does():
+    """``train_zoom``: an image holding a small board is replaced by the window the second look reads it on,
+    with the objects mostly inside it; an image without one is trained on as it is."""
+    zoom = {"_target_": "lpr.zoom.BoardZoom", "_partial_": True, "max_width": 120, "target_width": 160, "max_scale": 3}
+    net = tiny_net(transform={"min_size": 288, "max_size": 384}, zoom=zoom, train_zoom=1.0)
+    model = instantiate(net, num_classes=len(PLATE_CLASSES) + 1, board_labels=list(BOARDS), _convert_="all").train()
+    image = torch.rand(3, 288, 384)
+    boxes = torch.tensor(
+        [
+            [150, 120, 214, 134],  # a board 64 px wide: its window is 384 x 288 / 2.5, centred on it
+            [153, 123, 159, 131],  # its first character
+            [10, 10, 30, 30],  # far outside the window: dropped
+            [100, 140, 108, 150],  # 3/8 of it inside (the window starts at x = 105): dropped
+            [104, 150, 124, 160],  # 19/20 inside: kept, clipped
+        ],
+        dtype=torch.float32,
+    )
+    masks = torch.zeros(5, 288, 384, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist(), strict=True):
+        mask[y1:y2, x1:x2] = 1
+    labels = torch.tensor([BOARDS[0], PLATE_CLASSES.index("1") + 1, 1, 2, 3])
+    target = {"boxes": boxes, "labels": labels, "masks": masks, "image_id": 7}
+    [seen], [taught] = model.zoomed([image], [target])
+    [(_, (x1, y1, x2, y2))] = model.zoom.windows(boxes.numpy(), labels.numpy(), np.ones(5), 384, 288, 1.0)
+    assert (x1, y1, x2 - x1, y2 - y1) == (105, 69, 154, 116)
+    assert torch.equal(seen, image[:, y1:y2, x1:x2])
+    assert taught["labels"].tolist() == labels[[0, 1, 4]].tolist() and taught["image_id"] == 7
+    shifted = boxes[[0, 1, 4]] - torch.tensor([x1, y1, x1, y1])
+    assert torch.equal(taught["boxes"], shifted.clamp(min=0))
+    assert torch.equal(taught["masks"], masks[[0, 1, 4]][:, y1:y2, x1:x2])
+    large = {**target, "boxes": torch.tensor([[50, 120, 250, 160]], dtype=torch.float32), "labels": labels[:1]}
+    large["masks"] = masks[:1]
+    [same], [kept] = model.zoomed([image], [large])  # 200 px: read well enough, trained as it is
+    assert same is image and kept is large
+    losses = model([image], [target])
+    assert set(losses) >= {"loss_classifier", "loss_mask"} and all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(Exception, match="which need a zoom"):  # hydra wraps the model's ValueError
+        instantiate(tiny_net(train_zoom=0.5), num_classes=3, _convert_="all")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -13,22 +14,34 @@ from lpr.models.backbones import BackboneWithImage
 from lpr.models.char_reader import CharReader
 from lpr.models.heads import Branch, LevelRPN
 from lpr.models.roi_heads import ReadingRoIHeads
-from lpr.models.transform import DetectionTransform
+from lpr.models.transform import DetectionTransform, crop_target
 from lpr.zoom import BoardZoom
 
 
 class PlateMaskRCNN(GeneralizedRCNN):
     """torchvision's ``GeneralizedRCNN`` that, in eval mode and with ``zoom``, reads small boards a
     second time on an enlarged window of the image (:class:`lpr.zoom.BoardZoom`): the second pass's
-    regions and characters replace the first's on each such board. Training is unchanged, and so
-    are the weights: a checkpoint loads with or without ``zoom``.
+    regions and characters replace the first's on each such board. The weights are the same: a
+    checkpoint loads with or without ``zoom``.
+
+    ``train_zoom``: in training, this share of the images that hold a small board are replaced by
+    the window the second look would read one of them on (drawn at random), so that the model
+    learns the enlarged, blurred boards it reads there; their objects are those mostly inside
+    (:func:`lpr.models.transform.crop_target`). ``0``: training sees the images as they are.
     """
 
-    def __init__(self, *args, zoom: BoardZoom | None = None, **kwargs) -> None:
+    def __init__(self, *args, zoom: BoardZoom | None = None, train_zoom: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not 0 <= train_zoom <= 1:
+            raise ValueError(f"train_zoom is a share of the training images, in [0, 1], got {train_zoom}")
+        if train_zoom and zoom is None:
+            raise ValueError("train_zoom trains on the second look's windows, which need a zoom")
         self.zoom = zoom
+        self.train_zoom = train_zoom
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training and self.train_zoom and self.zoom is not None and targets is not None:
+            images, targets = self.zoomed(images, targets)
         outputs = super().forward(images, targets)
         if self.training or self.zoom is None:
             return outputs
@@ -46,6 +59,25 @@ class PlateMaskRCNN(GeneralizedRCNN):
             if looks:
                 outputs[i] = self._merge(out, looks, images[i].shape[-2:])
         return outputs
+
+    def zoomed(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        """The training images, each holding a small board replaced by the second look's window on
+        one of them with probability ``train_zoom`` (the windows of the true boards, as
+        :meth:`lpr.zoom.BoardZoom.windows` chooses them for detections)."""
+        images, targets = list(images), list(targets)
+        for i, (image, target) in enumerate(zip(images, targets, strict=True)):
+            if float(torch.rand(())) >= self.train_zoom:
+                continue
+            height, width = image.shape[-2:]
+            labels = _numpy(target["labels"])
+            scale = self.transform.scale(height, width)
+            windows = self.zoom.windows(_numpy(target["boxes"]), labels, np.ones(len(labels)), width, height, scale)
+            if windows:
+                x1, y1, x2, y2 = windows[int(torch.randint(len(windows), ()))][1]
+                images[i], targets[i] = image[:, y1:y2, x1:x2], crop_target(target, (x1, y1, x2, y2))
+        return images, targets
 
     def _merge(self, first: dict[str, Tensor], looks: list, size: torch.Size) -> dict[str, Tensor]:
         """``first`` (one image's detections) with those on each looked-at board replaced by the second
@@ -90,6 +122,7 @@ def build_maskrcnn(
     char_labels: Sequence[int] | None = None,
     zoom: Callable[..., BoardZoom] | None = None,
     board_labels: Sequence[int] | None = None,
+    train_zoom: float = 0.0,
 ) -> PlateMaskRCNN:
     """Mask R-CNN from its parts: the parts built here are completed with the sizes that follow
     from the others (the FPN's channels and map names, the number of classes).
@@ -113,6 +146,8 @@ def build_maskrcnn(
             (:class:`lpr.zoom.BoardZoom`); ``None``: one pass.
         board_labels: the labels of the board classes, required with ``zoom`` (passed as
             ``char_labels`` are).
+        train_zoom: the share of training images with a small board trained on as the second look
+            sees one of them (:class:`PlateMaskRCNN`); needs ``zoom``.
 
     Returns:
         a :class:`PlateMaskRCNN` (torchvision's ``GeneralizedRCNN``, the class of its ``MaskRCNN``),
@@ -135,4 +170,5 @@ def build_maskrcnn(
         heads,
         transform,
         zoom=None if zoom is None else zoom(board_labels or []),
+        train_zoom=train_zoom,
     )

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
@@ -14,6 +15,31 @@ from lpr.models.paste import paste_masks
 # torchvision's detection models normalise with the ImageNet statistics
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def crop_target(target: dict[str, Tensor], window: Sequence[int], inside: float = 0.5) -> dict[str, Tensor]:
+    """A training target cut to ``window`` ``(x1, y1, x2, y2)`` of its image: the objects with at least
+    ``inside`` of their box's area in the window, their boxes clipped to it and moved to its
+    origin, their masks cut. An object mostly outside is dropped rather than taught as a part
+    of itself (half a character is not that character)."""
+    x1, y1, x2, y2 = (int(v) for v in window)
+    boxes = torch.as_tensor(target["boxes"])
+    origin = boxes.new_tensor([x1, y1, x1, y1])
+    clipped = (boxes - origin).clamp(min=0).minimum(boxes.new_tensor([x2 - x1, y2 - y1] * 2))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (kept > 0) & (kept >= inside * area)
+    out = {}
+    for key, value in target.items():
+        if key == "boxes":
+            out[key] = clipped[keep]
+        elif key == "masks":
+            out[key] = value[keep][:, y1:y2, x1:x2]
+        elif isinstance(value, Tensor) and value.ndim and len(value) == len(boxes):
+            out[key] = value[keep]
+        else:
+            out[key] = value
+    return out
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
