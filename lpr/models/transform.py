@@ -107,12 +107,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
         if self.crop is None or not self.training or target is None:
             return image, target
         (y, x), (h, w) = self._window(image.shape[-2:], target["boxes"])
-        target = dict(target)
-        boxes = target["boxes"] - torch.tensor([x, y, x, y], dtype=target["boxes"].dtype, device=target["boxes"].device)
-        target["boxes"] = boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device))
-        if "masks" in target:
-            target["masks"] = target["masks"][:, y : y + h, x : x + w]
-        return image[:, y : y + h, x : x + w], target
+        return image[:, y : y + h, x : x + w], crop_target(target, (x, y, x + w, y + h), inside=0)
 
     def _window(self, size: Sequence[int], boxes: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
         """``((top, left), (height, width))`` of a random window of an image of ``size`` holding ``boxes``."""
