@@ -2,7 +2,8 @@
 
 ``python -m lpr.predict ckpt_path=CKPT input=cam.mp4 output=DIR [every_n_frames=1] [max_frames=null]``
 (or ``input=0`` for camera 0, ``input=rtsp://...``). Every ``every_n_frames``-th frame is
-read; plates are followed across frames (:class:`lpr.tracks.PlateTracker`), and each
+read; plates are followed across frames (:class:`lpr.tracks.PlateTracker`; a board found
+but not read in a frame keeps its track going), and each
 finished track is one line of ``DIR/events.jsonl``, written and flushed as it
 finishes, with a crop of its best board in ``DIR/crops/``. With ``video=NAME`` the frames
 read are also written, drawn, as ``DIR/NAME`` (each plate labelled with its track and the
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from lpr.draw import draw_result
 from lpr.outputs import OutputError, make_dir, write_image
+from lpr.plates import BOARD_TYPES
 from lpr.results import ReaderBase
 from lpr.tracks import PlateTracker, Track
 
@@ -66,7 +68,7 @@ class AnnotatedVideo:
     def write(self, bgr, result: dict, tracker: PlateTracker) -> None:
         canvas = draw_result(bgr, result)
         for track in tracker.active:
-            if track.last_step == tracker.step:  # seen in this frame
+            if track.last_step == tracker.step and track.readings:  # seen in this frame, read before
                 left, bottom = round(track.box[0]), round(track.box[3])
                 label = f"#{track.id} {track.event()['text']}"
                 scale = max(0.4, canvas.shape[1] / 1000)
@@ -152,7 +154,8 @@ def read_stream(
                             raise StreamError(f"{source}: {e}") from None
                     time_s = frame / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                     result = reader.read([bgr], color="bgr")[0]
-                    write(tracker.update(frame, time_s, result["plates"], bgr))
+                    boards = [d["box"] for d in result["detections"] if d["label"] in BOARD_TYPES]
+                    write(tracker.update(frame, time_s, result["plates"], bgr, boards))
                     if annotated is not None:
                         annotated.write(bgr, result, tracker)
                     read += 1

@@ -6,7 +6,10 @@ readings to the tracks of the frames before by box overlap (IoU, or the centre
 inside the last box for a plate that moved far), and a track that has not been
 seen for ``max_gap`` frames is finished: its event carries the text voted over
 its readings (:func:`vote`), the frames and times it spans, and its best frame's
-box. Works on the result dicts of :mod:`lpr.results` (no torch).
+box. A board found in a frame but not read as a plate (a character missed, a
+glint) still continues its track, without a reading, so that a few misread
+frames in a row do not split one passing plate into two events. Works on the
+result dicts of :mod:`lpr.results` (no torch).
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ class Track:
                 h, w = image.shape[:2]
                 self.crop = image[max(0, y1) : min(h, y2), max(0, x1) : min(w, x2)].copy()
 
+    def seen(self, step: int, box) -> None:
+        """The board was found again in update ``step`` but not read as a plate: it moves the track on,
+        without a reading."""
+        self.box = np.asarray(box, dtype=np.float64)
+        self.last_step = step
+
     def event(self) -> dict:
         text, confidence = vote(self.readings)
         return {
@@ -111,15 +120,29 @@ class PlateTracker:
         self._next_id = 1
         self._step = 0
 
-    def update(self, frame: int, time_s: float, plates: Sequence[dict], image: np.ndarray | None = None) -> list[Track]:
+    def update(
+        self,
+        frame: int,
+        time_s: float,
+        plates: Sequence[dict],
+        image: np.ndarray | None = None,
+        boards: Sequence[Sequence[float]] = (),
+    ) -> list[Track]:
         """Add the plates (result dicts' ``plates``) of source frame ``frame`` at ``time_s`` seconds
         (``image``: the frame, to keep a crop of each track's best board); returns the tracks it finished
-        (:meth:`Track.event` gives each one's event)."""
+        (:meth:`Track.event` gives each one's event).
+
+        ``boards``: the boxes of every board found in the frame (its ``l_board``/``r_board``
+        detections). Those that are none of ``plates`` (IoU under 0.5 with each) were not read as
+        a plate: they continue their tracks (or start one) without a reading.
+        """
         self._step += 1
-        free = list(range(len(plates)))
-        if self.active and plates:
+        unread = _unread_boards(plates, boards)
+        sightings = [*plates, *({"box": box} for box in unread)]
+        free = list(range(len(sightings)))
+        if self.active and sightings:
             last = np.stack([t.box for t in self.active])
-            boxes = np.asarray([p["box"] for p in plates], dtype=np.float64)
+            boxes = np.asarray([p["box"] for p in sightings], dtype=np.float64)
             iou = box_iou_np(last, boxes)
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             inside = (
@@ -129,17 +152,23 @@ class PlateTracker:
             score = np.where((iou >= self.iou_thresh) | inside, iou + 1e-6, -1.0)
             while free and (score > 0).any():  # greedy: the best pair first
                 t, p = np.unravel_index(np.argmax(score), score.shape)
-                self.active[t].add(self._step, frame, time_s, plates[p], image)
+                self._add(self.active[t], frame, time_s, sightings[p], image)
                 score[t, :] = score[:, p] = -1.0
                 free.remove(int(p))
         for p in free:
-            track = Track(self._next_id, np.asarray(plates[p]["box"], dtype=np.float64), self._step)
-            track.add(self._step, frame, time_s, plates[p], image)
+            track = Track(self._next_id, np.asarray(sightings[p]["box"], dtype=np.float64), self._step)
+            self._add(track, frame, time_s, sightings[p], image)
             self.active.append(track)
             self._next_id += 1
         done = [t for t in self.active if self._step - t.last_step > self.max_gap]
         self.active = [t for t in self.active if t not in done]
         return [t for t in done if len(t.readings) >= self.min_readings]
+
+    def _add(self, track: Track, frame: int, time_s: float, sighting: dict, image: np.ndarray | None) -> None:
+        if "text" in sighting:
+            track.add(self._step, frame, time_s, sighting, image)
+        else:
+            track.seen(self._step, sighting["box"])
 
     @property
     def step(self) -> int:
@@ -151,3 +180,12 @@ class PlateTracker:
         """Every track still open (at the end of a stream), as :meth:`update` returns them."""
         done, self.active = self.active, []
         return [t for t in done if len(t.readings) >= self.min_readings]
+
+
+def _unread_boards(plates: Sequence[dict], boards: Sequence[Sequence[float]]) -> np.ndarray:
+    """The ``boards`` boxes that overlap no plate's box by IoU 0.5 or more."""
+    boxes = np.asarray(boards, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes) or not plates:
+        return boxes
+    read = np.asarray([p["box"] for p in plates], dtype=np.float64)
+    return boxes[box_iou_np(boxes, read).max(1) < 0.5]

@@ -38,14 +38,16 @@ def write_video(path: Path, frames: int = 24, blurred: int = 10) -> None:
 
 class BrightBoardReader(ReaderBase):
     """A stand-in for the model (the model's own reading is tested elsewhere): the board is the bright
-    region of the frame; its text is TEXT, misread in a blurred frame (low Laplacian variance)."""
+    region of the frame; its text is TEXT, misread in a blurred frame (low Laplacian variance). In the
+    calls numbered in ``unread`` (0-based) the board is found but read as no plate, and with
+    ``boards=False`` its detection is not reported either."""
 
-    def __init__(self, roi=None) -> None:
+    def __init__(self, roi=None, unread=(), boards=True) -> None:
         super().__init__(["dummy"], roi=roi)
-        self.frames = 0
+        self.frames, self.unread, self.boards = 0, set(unread), boards
 
     def read(self, images, *, color="bgr"):
-        self.frames += 1
+        call, self.frames = self.frames, self.frames + 1
         gray = cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY)
         ys, xs = np.nonzero(gray > 200)
         if not len(xs):
@@ -55,7 +57,8 @@ class BrightBoardReader(ReaderBase):
         text = TEXT if sharp else "12a3488"
         box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
         plate = {"type": "l_board", "text": text, "box": box, "score": 0.9 if sharp else 0.6}
-        return [{"detections": [], "plates": [plate]}]
+        detections = [{"label": "l_board", "score": 0.95, "box": [round(v, 1) for v in box], "polygon": []}]
+        return [{"detections": detections if self.boards else [], "plates": [] if call in self.unread else [plate]}]
 
 
 def test_a_plate_passing_by_is_one_event_with_the_voted_text(tmp_path):
@@ -74,6 +77,35 @@ def test_a_plate_passing_by_is_one_event_with_the_voted_text(tmp_path):
     assert 0.5 < event["confidence"] < 1.0  # one reading disagreed
     crop = cv2.imread(str(tmp_path / "out" / event["crop"]))
     assert crop is not None and crop.shape[:2] == (26, 91)  # the board of the best frame
+
+
+def test_frames_where_the_board_is_found_but_not_read_keep_its_track(tmp_path):
+    video = tmp_path / "road.avi"
+    write_video(video)
+    unread = range(6, 16)  # ten frames in a row: twice the tracker's max_gap
+    stats = read_stream(BrightBoardReader(unread=unread), video, tmp_path / "found", verbose=False)
+    events = [json.loads(line) for line in (tmp_path / "found" / "events.jsonl").read_text().splitlines()]
+    assert stats["frames_read"] == 24 and len(events) == 1
+    assert events[0]["text"] == TEXT and events[0]["readings"] == 14
+    assert (events[0]["first_frame"], events[0]["last_frame"]) == (0, 23)
+    # without the board's detection the same readings split into two events
+    read_stream(BrightBoardReader(unread=unread, boards=False), video, tmp_path / "lost", verbose=False)
+    events = [json.loads(line) for line in (tmp_path / "lost" / "events.jsonl").read_text().splitlines()]
+    assert [(e["first_frame"], e["last_frame"]) for e in events] == [(0, 5), (16, 23)]
+
+
+def test_a_board_that_was_read_is_one_sighting_and_unread_boards_carry_no_reading():
+    tracker = PlateTracker(max_gap=1, min_readings=1)
+    plate = {"type": "l_board", "text": TEXT, "box": [10.0, 10.0, 90.0, 30.0], "score": 0.9}
+    tracker.update(0, 0.0, [plate], boards=[[10.0, 10.0, 90.1, 30.0]])  # the plate's own board
+    assert len(tracker.active) == 1 and len(tracker.active[0].readings) == 1
+    tracker.update(1, 0.04, [], boards=[[14.0, 10.0, 94.0, 30.0], [200.0, 50.0, 260.0, 70.0]])
+    assert [len(t.readings) for t in tracker.active] == [1, 0]
+    assert tracker.active[0].box.tolist() == [14.0, 10.0, 94.0, 30.0]  # moved on by the unread board
+    assert tracker.update(2, 0.08, []) == []  # both seen one update ago: max_gap=1 keeps them
+    finished = tracker.update(3, 0.12, [])
+    assert [t.id for t in finished] == [1] and not tracker.active  # a track never read is no event
+    assert finished[0].event()["last_frame"] == 0  # the frames of its readings
 
 
 def test_a_roi_outside_the_frames_stops_the_stream_with_one_message(tmp_path):
