@@ -149,6 +149,29 @@ def test_depthwise_float32_runs_only_the_depthwise_convs_in_float32_under_autoca
             torch.testing.assert_close(a, b)
 
 
+def test_box_targets_stay_float32_under_bf16_autocast():
+    """The RPN's outputs are float32, so the proposals and the RoI heads' box targets are too: in bf16 a
+    0.7 px wide box at x = 300 (2 px steps there) collapsed to zero width and the box loss was NaN."""
+    model = tiny_model(num_classes=3, transform={"min_size": 288, "max_size": 384, "crop": None}).train()
+    seen: set[torch.dtype] = set()
+    select = model.roi_heads.select_training_samples
+
+    def recording(proposals, targets):
+        out = select(proposals, targets)
+        seen.update({proposals[0].dtype, out[0][0].dtype, out[3][0].dtype})  # proposals, sampled, box targets
+        return out
+
+    model.roi_heads.select_training_samples = recording
+    boxes = torch.tensor([[300.2, 100.0, 300.9, 112.0], [40.0, 50.0, 160.0, 90.0]])
+    masks = torch.zeros(2, 288, 384, dtype=torch.uint8)
+    masks[0, 100:112, 300], masks[1, 50:90, 40:160] = 1, 1
+    target = {"boxes": boxes, "labels": torch.tensor([1, 2]), "masks": masks}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model([torch.rand(3, 288, 384)], [target])
+    assert seen == {torch.float32}
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+
+
 class _OutputDtypes(L.Callback):
     def __init__(self) -> None:
         self.dtypes: set[torch.dtype] = set()

@@ -49,6 +49,21 @@ class LevelRPN(RegionProposalNetwork):
         return super().forward(images, {name: features[name] for name in self.featmap_names}, targets)
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs under autocast (the same parameters and keys).
+
+    The proposals are decoded from these outputs in their dtype, and torchvision's RoI heads
+    then convert the ground-truth boxes to it for the box and mask targets. In bf16 (8 bits of
+    mantissa: 2 px steps from 256 px on) that moved the targets of a 7 px character by up to a
+    pixel on each side, and a box under 2 px wide could collapse to zero width and make the box
+    loss 0/0 = NaN (a recipe run stopped so at step 1121).
+    """
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 def rpn(
     in_channels: int,
     featmap_names: Sequence[str],
@@ -97,7 +112,7 @@ def rpn(
     )
     return LevelRPN(
         anchors,
-        RPNHead(in_channels, anchors.num_anchors_per_location()[0]),
+        Float32RPNHead(in_channels, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=fg_iou_thresh,
         bg_iou_thresh=bg_iou_thresh,
         batch_size_per_image=batch_size_per_image,
