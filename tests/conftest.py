@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,12 @@ from lpr.train import train
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test stops with Ctrl-C (SIGINT): a shell's background job
+    (``python -m pytest ... &``) ignores SIGINT, and a child inheriting that would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # the model config's parts (conf/model/maskrcnn_mobilenet.yaml), at sizes that train in seconds

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from conftest import sigint_default
 
 from lpr.checkpoint import AtomicCheckpointIO, load
 
@@ -72,7 +73,7 @@ def test_ctrl_c_exits_130_with_an_interrupted_summary(tmp_path):
     with log.open("w") as fh:
         # a run far longer than the wait: on a loaded machine the signal must still find it training
         cmd = _cmd(out, tmp_path / "data", steps=100_000)
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and "step 3/" not in log.read_text():
             time.sleep(0.2)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import sigint_default
 
 from lpr.outputs import OutputError
 from lpr.results import ReaderBase
@@ -189,7 +190,9 @@ def test_ctrl_c_stops_a_stream_and_keeps_what_was_written(fast_run, tmp_path):
     ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lpr.predict", f"ckpt_path={ckpt}", f"input={video}", f"output={out}"]
-    proc = subprocess.Popen([*cmd, "video=drawn.avi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "video=drawn.avi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default
+    )
     deadline = time.monotonic() + 240
     # the annotated video is opened with the first frame read: a signal after it finds the stream
     # being read however loaded the machine is, and long before its 300 frames
