@@ -269,7 +269,7 @@ def test_a_model_config_of_lpr_0_2_is_the_plate_recipe_in_parts():
         cfg = compose("train", overrides=["+experiment=plate"])
     recipe = OmegaConf.to_container(cfg.model.net, resolve=True)
     assert recipe.pop("zoom")["_target_"] == "lpr.zoom.BoardZoom"  # since lpr 0.5; an lpr 0.2 model reads in one pass
-    assert recipe.pop("train_zoom") == 0  # and trains on the images as they are, as lpr 0.2 did
+    assert recipe.pop("train_zoom") == 0.5  # since lpr 0.5.1; lpr 0.2's has none: the default, 0
     assert parts == recipe
 
 

@@ -228,8 +228,8 @@ def test_a_reader_looks_again_as_its_model_was_trained_unless_told(fast_run, tmp
     assert PlateReader.from_checkpoint(path).model.zoom == recipe
     assert PlateReader.from_checkpoint(path, zoom=False).model.zoom is None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["net"].pop("zoom")
-    ckpt["lpr"]["config"]["model"]["net"].pop("zoom")
+    for net in (ckpt["hyper_parameters"]["net"], ckpt["lpr"]["config"]["model"]["net"]):
+        del net["zoom"], net["train_zoom"]  # lpr < 0.5 had neither
     torch.save(ckpt, tmp_path / "old.ckpt")
     assert PlateReader.from_checkpoint(tmp_path / "old.ckpt").model.zoom is None
     assert PlateReader.from_checkpoint(tmp_path / "old.ckpt", zoom=True).model.zoom == BoardZoom(BOARDS)
