@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lpr.data.synth import HELDOUT_FACES, HELDOUT_SCHEMES, PLATE_CLASSES, SynthError, generate, main
-from lpr.data.synth.fonts import builtin_faces, folder_faces, glyph
+from lpr.data.synth.fonts import builtin_faces, folder_faces, glyph, glyph_contours
 from lpr.plates import read_boards, read_plates
 
 BOARDS = (PLATE_CLASSES.index("l_board") + 1, PLATE_CLASSES.index("r_board") + 1)
@@ -172,6 +172,22 @@ def test_user_font_folder_adds_faces_and_bad_folders_are_named(tmp_path):
     (fonts / "symbols.ttf").write_bytes(symbols.read_bytes())
     with pytest.raises(SynthError, match=r"symbols\.ttf: the font has no glyph for the digits"):
         folder_faces(fonts)
+
+
+def test_hairline_glyphs_shrunk_to_a_line_still_get_a_mask():
+    # a thin face's "0" in a 35x70 cell (Lato Thin Italic in a --fonts folder did this), then shrunk to fit
+    # its board as render_plate shrinks it: no pixel keeps half ink, and the generator used to crash
+    ring = np.zeros((70, 35), np.float32)
+    cv2.ellipse(ring, (17, 35), (15, 33), 0, 0, 360, 1.0, 1, cv2.LINE_AA)
+    ring = cv2.resize(ring, (28, 56))
+    half_ink, _ = cv2.findContours((ring >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    assert all(cv2.contourArea(c) < 2.0 for c in half_ink)  # broken into specks that enclose nothing
+    outlines = glyph_contours(ring)
+    mask = np.zeros_like(ring, np.uint8)
+    cv2.fillPoly(mask, [np.round(o).astype(np.int32) for o in outlines], 1)
+    ink = ring >= 0.5 * ring.max()
+    assert outlines and mask[ink].mean() > 0.9 and mask.sum() < 0.3 * mask.size  # the stroke, not the cell
+    assert len(glyph_contours(np.zeros((6, 4), np.float32))) == 1  # no ink at all: its box
 
 
 def test_cli_bad_input_one_message_exit_2(tmp_path):

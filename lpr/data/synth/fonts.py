@@ -227,7 +227,22 @@ def _truetype(path: str):
 
 
 def glyph_contours(alpha: np.ndarray) -> list[np.ndarray]:
-    """Outer outlines of a glyph alpha map, each ``(K, 2)`` float (x, y) in its pixels."""
-    mask = (alpha >= 0.5).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    """Outer outlines of a glyph alpha map, each ``(K, 2)`` float (x, y) in its pixels; never empty.
+
+    A hairline face shrunk to a plate's line leaves strokes under a pixel wide that outline to
+    nothing at half ink: such a glyph is outlined around its ink grown by a pixel, and one with no
+    ink left at all by its box, so that every drawn character has a mask.
+    """
+    outlines = _outlines(alpha >= 0.5)
+    if not outlines and alpha.max() > 0:
+        ink = (alpha >= 0.5 * float(alpha.max())).astype(np.uint8)
+        outlines = _outlines(cv2.dilate(ink, np.ones((3, 3), np.uint8)))
+    if not outlines:
+        h, w = alpha.shape
+        outlines = [np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)]
+    return outlines
+
+
+def _outlines(mask: np.ndarray) -> list[np.ndarray]:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [c.reshape(-1, 2).astype(np.float64) for c in contours if cv2.contourArea(c) >= 2.0]
