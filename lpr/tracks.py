@@ -8,7 +8,8 @@ seen for ``max_gap`` frames is finished: its event carries the text voted over
 its readings (:func:`vote`), the frames and times it spans, and its best frame's
 box. A board found in a frame but not read as a plate (a character missed, a
 glint) still continues its track, without a reading, so that a few misread
-frames in a row do not split one passing plate into two events. Works on the
+frames in a row do not split one passing plate into two events; a board found
+twice in one frame (a second, looser box around it) is one sighting. Works on the
 result dicts of :mod:`lpr.results` (no torch).
 """
 
@@ -138,7 +139,7 @@ class PlateTracker:
         """
         self._step += 1
         unread = _unread_boards(plates, boards)
-        sightings = [*plates, *({"box": box} for box in unread)]
+        sightings = _one_per_plate([*plates, *({"box": box} for box in unread)])
         free = list(range(len(sightings)))
         if self.active and sightings:
             last = np.stack([t.box for t in self.active])
@@ -180,6 +181,25 @@ class PlateTracker:
         """Every track still open (at the end of a stream), as :meth:`update` returns them."""
         done, self.active = self.active, []
         return [t for t in done if len(t.readings) >= self.min_readings]
+
+
+def _one_per_plate(sightings: list[dict], share: float = 0.8) -> list[dict]:
+    """A frame's sightings less each one lying mostly (``share`` of the smaller box) inside a better
+    one: the same board found twice, such as a second, looser box around it that reads the same
+    characters. Readings are better than unread boards, then the higher score; the order is kept."""
+    if len(sightings) < 2:
+        return sightings
+    boxes = np.asarray([s["box"] for s in sightings], dtype=np.float64)
+    lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    inside = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+    kept: list[int] = []
+    for i in sorted(range(len(sightings)), key=lambda i: ("text" not in sightings[i], -sightings[i].get("score", 0.0))):
+        if all(inside[i, k] < share for k in kept):
+            kept.append(i)
+    return [s for i, s in enumerate(sightings) if i in kept]
 
 
 def _unread_boards(plates: Sequence[dict], boards: Sequence[Sequence[float]]) -> np.ndarray:
