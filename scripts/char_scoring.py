@@ -10,8 +10,8 @@ for none) and reader share of a character's score (``score_weight``; only a
 checkpoint trained with ``score_weight > 0`` has a "not a character" output,
 otherwise only 0 is run), the validation split of the checkpoint's own data set
 (or of the one under ``--data-root``, e.g. another seed's synthetic set to choose
-settings on images the reported figures do not
-use) is predicted, and EIR and plate precision are computed
+settings on images the reported figures do not use; a set without ``train.json``
+takes its classes from ``val.json``) is predicted, and EIR and plate precision are computed
 with the checkpoint's plate-reading settings (docs/metrics.md, EIR). Each failed ground-
 truth plate is put in one bin by what was read at its board (the predicted board
 of its type with the highest IoU > 0.5): no such board, a sub or main region
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -131,6 +132,10 @@ def main() -> None:
     data_cfg.batch_size = args.batch
     if args.data_root:
         data_cfg.root, data_cfg.synthesize = args.data_root, None
+        if not (Path(args.data_root) / data_cfg.val_json).is_file():
+            raise SystemExit(f"--data-root {args.data_root}: no {data_cfg.val_json} there")
+        if not (Path(args.data_root) / data_cfg.train_json).is_file():  # a validation-only set (train=0)
+            data_cfg.train_json = data_cfg.val_json
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("validate")
