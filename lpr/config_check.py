@@ -186,12 +186,16 @@ class RunFolderInUse(ConfigError):
 
 def check_output_dir(output_dir: Path, *, resuming: bool) -> None:
     """A new run never writes into a finished or running one: ``output_dir`` may hold another run's
-    files (``config.yaml``, checkpoints) only when this run resumes it.
+    files (``config.yaml``, checkpoints) only when this run resumes it. Only rank 0 asks: the other
+    ranks of a multi-process run (Lightning's DDP launcher, torchrun, SLURM) join the folder their
+    rank 0 has started, often after it wrote ``config.yaml`` there.
 
     Raises:
         RunFolderInUse: ``output_dir`` holds another run and no ``ckpt_path`` was given.
     """
-    if resuming:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if resuming or rank_zero_only.rank != 0:
         return
     found = [p for p in (output_dir / "config.yaml", output_dir / "checkpoints") if p.exists()]
     if found:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
+from lpr.config_check import RunFolderInUse, check_output_dir
 from lpr.data.validate import DataValidationError, load_coco_json, validate_coco
 
 
@@ -99,6 +101,14 @@ def test_a_run_folder_in_use_is_left_as_it_was(tmp_path, synth_dir):
         err = _clean_failure(_train(tmp_path, root, out))
         assert f"paths.output_dir={out} already holds a run" in err and "ckpt_path=last" in err
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_other_ranks_of_a_ddp_run_join_the_folder_their_rank_0_started(tmp_path, monkeypatch):
+    (tmp_path / "config.yaml").write_text("written by rank 0 a moment ago\n")
+    with pytest.raises(RunFolderInUse):
+        check_output_dir(tmp_path, resuming=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # as in a process the DDP launcher started (LOCAL_RANK=1)
+    check_output_dir(tmp_path, resuming=False)  # the end-to-end case: tests/test_ddp.py (slow)
 
 
 # --- image size and place ------------------------------------------------------------------------
