@@ -71,14 +71,21 @@ def character_labels(classes: Sequence[str]) -> list[int]:
     return [i + 1 for i, name in enumerate(classes) if is_character_class(name)]
 
 
+def box_area_np(boxes: np.ndarray) -> np.ndarray:
+    """Areas of xyxy boxes ``(N,4)``."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_inter_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of xyxy boxes ``a (N,4)`` and ``b (M,4)``."""
+    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
 def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of xyxy boxes ``a (N,4)`` and ``b (M,4)``; a union of 0 gives 1.0."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    area_a, area_b = box_area_np(a), box_area_np(b)
+    inter = box_inter_np(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)

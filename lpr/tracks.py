@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lpr.plates import box_iou_np
+from lpr.plates import box_area_np, box_inter_np, box_iou_np
 
 
 def vote(readings: Sequence[tuple[str, float]]) -> tuple[str, float]:
@@ -190,13 +190,13 @@ def _one_per_plate(sightings: list[dict], share: float = 0.8) -> list[dict]:
     if len(sightings) < 2:
         return sightings
     boxes = np.asarray([s["box"] for s in sightings], dtype=np.float64)
-    lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    inside = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+    area = box_area_np(boxes)
+    inside = box_inter_np(boxes, boxes) / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+    better_first = sorted(
+        range(len(sightings)), key=lambda i: ("text" not in sightings[i], -sightings[i].get("score", 0.0))
+    )
     kept: list[int] = []
-    for i in sorted(range(len(sightings)), key=lambda i: ("text" not in sightings[i], -sightings[i].get("score", 0.0))):
+    for i in better_first:
         if all(inside[i, k] < share for k in kept):
             kept.append(i)
     return [s for i, s in enumerate(sightings) if i in kept]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import sigint_default
 
+from lpr.data.synth import generate
 from lpr.outputs import OutputError
 from lpr.results import ReaderBase
 from lpr.stream import StreamError, read_stream
@@ -226,8 +227,6 @@ def test_ctrl_c_stops_a_stream_and_keeps_what_was_written(fast_run, tmp_path):
 
 def _panned_plate(root: Path) -> tuple[np.ndarray, list[dict], str, list[int]]:
     """A synthetic image with one plate, its annotations, the plate's text and 9 shifts that keep it in view."""
-    from lpr.data.synth import generate
-
     src = generate(root, train=6, val=0, heldout=0, seed=3)
     coco = json.loads(src["train"].read_text())
     by_image = {im["id"]: [a for a in coco["annotations"] if a["image_id"] == im["id"]] for im in coco["images"]}

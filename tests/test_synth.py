@@ -176,7 +176,7 @@ def test_user_font_folder_adds_faces_and_bad_folders_are_named(tmp_path):
 
 def test_hairline_glyphs_shrunk_to_a_line_still_get_a_mask():
     # a thin face's "0" in a 35x70 cell (Lato Thin Italic in a --fonts folder did this), then shrunk to fit
-    # its board as render_plate shrinks it: no pixel keeps half ink, and the generator used to crash
+    # its board as render_plate shrinks it: what keeps half ink is specks, and the generator used to crash
     ring = np.zeros((70, 35), np.float32)
     cv2.ellipse(ring, (17, 35), (15, 33), 0, 0, 360, 1.0, 1, cv2.LINE_AA)
     ring = cv2.resize(ring, (28, 56))
