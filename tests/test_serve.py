@@ -32,6 +32,7 @@ def server(fast_run):
     ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
     args = f"ckpt_path={ckpt}", f"port={port}", "max_upload_mb=1", "max_pixels=1000000", "batch_size=8"
     args += ("roi=[0,0,384,288]",)  # the whole of the set's images: what a wider frame shows beyond it is not read
+    args += ("timeout_s=120",)  # the last of 50 requests sent at once waits for 6 batches: over 30 s on 2 cores in fp32
     proc = subprocess.Popen([sys.executable, "-m", "lpr.serve", *args], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -108,10 +108,11 @@ def test_weights_decay_and_norms_and_biases_do_not(synth_dir):
 def test_checkpoints_of_lpr_0_1_load_unless_they_used_a_removed_option(fast_run, tmp_path):
     ckpt = torch.load(fast_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
     hparams = ckpt["hyper_parameters"]
+    widths = hparams["net"]["char_reader"]["channels"]  # the recipe's reader since lpr 0.6: lpr 0.2 took the default
     hparams["net"] = copy.deepcopy(NET_0_2)  # the run's model config as lpr 0.1-0.2 wrote it: builder flags
     hparams |= {"loss_weights": None, "lr_multipliers": None}  # as lpr 0.1 wrote them: off
     hparams["net"] |= {"pixel_head": None, "rpn_featmap_names": None, "exact_paste": True, "mask_boundary_weight": 1.0}
-    hparams["net"]["char_reader"] |= {"agnostic": False, "repeats": 1}
+    hparams["net"]["char_reader"] |= {"agnostic": False, "repeats": 1, "channels": widths}
     hparams["net"]["backbone"]["stage_end"] = False
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
@@ -270,6 +271,7 @@ def test_a_model_config_of_lpr_0_2_is_the_plate_recipe_in_parts():
     recipe = OmegaConf.to_container(cfg.model.net, resolve=True)
     assert recipe.pop("zoom")["_target_"] == "lpr.zoom.BoardZoom"  # since lpr 0.5; an lpr 0.2 model reads in one pass
     assert recipe.pop("train_zoom") == 0.5  # since lpr 0.5.1; lpr 0.2's has none: the default, 0
+    assert recipe["char_reader"].pop("channels") == [64, 128, 256]  # since lpr 0.6; lpr 0.2's: the default widths
     assert parts == recipe
 
 
