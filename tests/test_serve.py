@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -26,14 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(fast_run):
+@contextlib.contextmanager
+def serving(ckpt: Path, *args: str):
+    """A real ``python -m lpr.serve`` of ``ckpt`` on a free loopback port: yields its URL once /health answers."""
     port = free_port()
-    ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
-    args = f"ckpt_path={ckpt}", f"port={port}", "max_upload_mb=1", "max_pixels=1000000", "batch_size=8"
-    args += ("roi=[0,0,384,288]",)  # the whole of the set's images: what a wider frame shows beyond it is not read
-    args += ("timeout_s=120",)  # the last of 50 requests sent at once waits for 6 batches: over 30 s on 2 cores in fp32
-    proc = subprocess.Popen([sys.executable, "-m", "lpr.serve", *args], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lpr.serve", f"ckpt_path={ckpt}", f"port={port}", *args], stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -43,9 +43,20 @@ def server(fast_run):
         except httpx.TransportError:
             time.sleep(0.3)
         assert proc.poll() is None, proc.stderr.read()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(fast_run):
+    args = "max_upload_mb=1", "max_pixels=1000000", "batch_size=8"
+    args += ("roi=[0,0,384,288]",)  # the whole of the set's images: what a wider frame shows beyond it is not read
+    args += ("timeout_s=120",)  # the last of 50 requests sent at once waits for 6 batches: over 30 s on 2 cores in fp32
+    with serving(fast_run[0] / "checkpoints" / "last.ckpt", *args) as url:
+        yield url
 
 
 def test_a_photo_is_read_raw_or_multipart_and_drawn(server, synth_dir):
@@ -110,6 +121,15 @@ def test_fifty_concurrent_requests_are_all_answered_in_batches(server, synth_dir
     assert codes == [200] * 50
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["batches"] - before < 50  # some requests shared a forward pass
+
+
+def test_a_request_not_read_in_time_gets_504_and_the_service_goes_on(fast_run, synth_dir):
+    image = next((synth_dir / "images" / "val").glob("*.jpg")).read_bytes()
+    with serving(fast_run[0] / "checkpoints" / "last.ckpt", "timeout_s=0.001") as url:  # no forward pass is this fast
+        for _ in range(2):  # the second request finds the service as the first left it
+            response = httpx.post(f"{url}/read", content=image, timeout=60)
+            assert response.status_code == 504 and response.json() == {"error": "not read within 0.001 s"}
+        assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
 
 
 def test_the_page_and_info(server, fast_run):
