@@ -71,6 +71,11 @@ def character_labels(classes: Sequence[str]) -> list[int]:
     return [i + 1 for i, name in enumerate(classes) if is_character_class(name)]
 
 
+def letter_labels(classes: Sequence[str]) -> list[int]:
+    """The model labels of the letter classes (the plate's type letter), a subset of :func:`character_labels`."""
+    return [i + 1 for i, name in enumerate(classes) if is_character_class(name) and name.isalpha()]
+
+
 def box_area_np(boxes: np.ndarray) -> np.ndarray:
     """Areas of xyxy boxes ``(N,4)``."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])

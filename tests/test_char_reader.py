@@ -54,6 +54,28 @@ def test_reader_loss_is_on_the_character_targets_in_its_own_label_order():
     assert no_chars.item() == 0 and all(p.grad is not None for p in reader.parameters())
 
 
+def test_letter_weight_adds_the_letters_crops_read_among_the_letters_alone():
+    # outputs 0..3 = labels 1, 2 (digits), 5, 6 (letters); one digit crop and one letter crop
+    images = torch.rand(1, 3, 64, 64)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0], [30.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([1, 5])}
+    plain = CharReader([1, 2, 5, 6], **TINY_READER, jitter=0.0, letter_labels=[5, 6])
+    weighted = CharReader([1, 2, 5, 6], **TINY_READER, jitter=0.0, letter_labels=[5, 6], letter_weight=2.0)
+    for reader in plain, weighted:
+        force_reader(reader, 0)  # both crops read as label 1: the letter crop costs 40, and ln 2 among the letters
+    assert plain.loss(images, [target]).item() == pytest.approx(40.0 / 2, rel=1e-3)
+    assert weighted.loss(images, [target]).item() == pytest.approx((40.0 + 2.0 * math.log(2)) / 2, rel=1e-3)
+    for reader in plain, weighted:
+        force_reader(reader, 3)  # both read as the other letter, label 6: 40 each, 40 again among the letters
+    assert plain.loss(images, [target]).item() == pytest.approx(40.0, rel=1e-3)
+    assert weighted.loss(images, [target]).item() == pytest.approx(40.0 + 2.0 * 40.0 / 2, rel=1e-3)
+    digits_only = {"boxes": target["boxes"][:1], "labels": target["labels"][:1]}  # no letter in the batch: no term
+    assert weighted.loss(images, [digits_only]).item() == pytest.approx(plain.loss(images, [digits_only]).item())
+    with pytest.raises(ValueError, match="no character class is a letter"):
+        CharReader([1, 2], letter_weight=1.0)
+    with pytest.raises(ValueError, match=r"letter_labels \[7\] must be among char_labels"):
+        CharReader([1, 2], letter_labels=[7])
+
+
 def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_the_box():
     # labels 1 and 2 are characters, 3 a board; the box classifier splits every proposal 0.45 / 0.45 / 0.1,
     # so on its own no character would pass a 0.5 score threshold
@@ -106,10 +128,14 @@ def test_module_tells_the_reader_which_classes_are_characters():
     net = tiny_net(char_reader=READER)
     classes = ["l_board", "0", "7", "l_s_n", "a"]
     module = MaskRCNNModule(classes=classes, net=net, optimizer={"_target_": "torch.optim.AdamW"})
-    assert module.model.roi_heads.reader.char_labels.tolist() == [2, 3, 5]
+    reader = module.model.roi_heads.reader
+    assert reader.char_labels.tolist() == [2, 3, 5] and reader.letters.tolist() == [2]  # "a": the third output
     assert "char_labels" not in module.hparams.net  # the labels come from the class list, never from config
     with pytest.raises(ValueError, match="no character class"):
         MaskRCNNModule(classes=["l_board", "r_board"], net=net, optimizer={"_target_": "torch.optim.AdamW"})
+    net["char_reader"] = {**READER, "letter_weight": 1.0}
+    with pytest.raises(InstantiationException, match="no character class is a letter"):
+        MaskRCNNModule(classes=["l_board", "0", "1"], net=net, optimizer={"_target_": "torch.optim.AdamW"})
 
 
 def test_consistency_check_names_a_reader_built_for_other_character_labels():

@@ -272,6 +272,7 @@ def test_a_model_config_of_lpr_0_2_is_the_plate_recipe_in_parts():
     assert recipe.pop("zoom")["_target_"] == "lpr.zoom.BoardZoom"  # since lpr 0.5; an lpr 0.2 model reads in one pass
     assert recipe.pop("train_zoom") == 0.5  # since lpr 0.5.1; lpr 0.2's has none: the default, 0
     assert recipe["char_reader"].pop("channels") == [64, 128, 256]  # since lpr 0.6; lpr 0.2's: the default widths
+    assert recipe["char_reader"].pop("letter_weight") == 1.0  # since lpr 0.6.1; lpr 0.2's: none
     assert parts == recipe
 
 

@@ -90,6 +90,12 @@ class CharReader(nn.Module):
         jitter: training boxes are moved and rescaled by up to this share of their size.
         background: a last "not a character" output, learnt from the negative boxes
             handed to :meth:`loss`.
+        letter_labels: the labels among ``char_labels`` that are letters (the plate's type
+            letter), which :class:`lpr.models.module.MaskRCNNModule` passes from the class names.
+        letter_weight: on the letters' crops, a second cross-entropy over the letter outputs
+            alone, the choice the plate grammar leaves at reading time (a digit never stands
+            in the letter's place), added to the loss with this weight per letter crop, each
+            crop counting once in the batch's mean (``0``: none).
     """
 
     def __init__(
@@ -101,12 +107,28 @@ class CharReader(nn.Module):
         channels: Sequence[int] = (32, 64, 128),
         jitter: float = 0.1,
         background: bool = False,
+        letter_labels: Sequence[int] = (),
+        letter_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not char_labels:
             raise ValueError("char_reader needs at least one character class (single-character class names)")
+        if not set(letter_labels) <= set(char_labels):
+            raise ValueError(f"letter_labels {list(letter_labels)} must be among char_labels {list(char_labels)}")
+        if letter_weight and not letter_labels:
+            raise ValueError(
+                f"char_reader.letter_weight={letter_weight} trains the letters among themselves, but no character "
+                "class is a letter; set it to 0"
+            )
         self.register_buffer("char_labels", torch.as_tensor(list(char_labels), dtype=torch.int64), persistent=False)
+        # the reader's outputs that are letters, and for each output its place among them (-1: not a letter)
+        letters = [i for i, label in enumerate(char_labels) if label in letter_labels]
+        self.register_buffer("letters", torch.as_tensor(letters, dtype=torch.int64), persistent=False)
+        place = torch.full((len(self.char_labels) + int(background),), -1, dtype=torch.int64)
+        place[self.letters] = torch.arange(len(letters))
+        self.register_buffer("letter_place", place, persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
+        self.letter_weight = letter_weight
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -126,7 +148,8 @@ class CharReader(nn.Module):
         self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], negatives: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
         """Cross-entropy on the ground-truth characters of ``targets``, their boxes jittered, and with
-        ``background`` on ``negatives[i]`` (boxes of image ``i`` that are no character) as "not a character"."""
+        ``background`` on ``negatives[i]`` (boxes of image ``i`` that are no character) as "not a character";
+        with ``letter_weight``, plus the letters' crops among the letters."""
         boxes, classes = [], []
         for i, t in enumerate(targets):
             is_char = self.reads(t["labels"])
@@ -144,7 +167,14 @@ class CharReader(nn.Module):
                 classes[-1] = torch.cat([classes[-1], not_a_char])
         if sum(len(b) for b in boxes) == 0:  # no characters in this batch: a zero that still reaches every weight
             return sum(p.sum() for p in self.parameters()) * 0.0
-        return F.cross_entropy(self(images, boxes).float(), torch.cat(classes))
+        logits, classes = self(images, boxes).float(), torch.cat(classes)
+        loss = F.cross_entropy(logits, classes)
+        if self.letter_weight:
+            place = self.letter_place[classes]
+            on_letters = place >= 0
+            among_letters = F.cross_entropy(logits[on_letters][:, self.letters], place[on_letters], reduction="sum")
+            loss = loss + self.letter_weight * among_letters / len(classes)
+        return loss
 
     @torch.no_grad()
     def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -120,6 +120,7 @@ def build_maskrcnn(
     roi_heads: Callable[..., ReadingRoIHeads],
     char_reader: Callable[..., CharReader] | None = None,
     char_labels: Sequence[int] | None = None,
+    letter_labels: Sequence[int] | None = None,
     zoom: Callable[..., BoardZoom] | None = None,
     board_labels: Sequence[int] | None = None,
     train_zoom: float = 0.0,
@@ -142,6 +143,8 @@ def build_maskrcnn(
             pixels (:class:`lpr.models.char_reader.CharReader`); ``None``: the box classifier names them.
         char_labels: the labels of the character classes, required with ``char_reader``
             (:class:`lpr.models.module.MaskRCNNModule` passes them from the class names).
+        letter_labels: those of them that are letters, for the reader's ``letter_weight`` (passed as
+            ``char_labels`` are).
         zoom: ``(board_labels) -> BoardZoom``: read small boards again, enlarged, at inference
             (:class:`lpr.zoom.BoardZoom`); ``None``: one pass.
         board_labels: the labels of the board classes, required with ``zoom`` (passed as
@@ -157,7 +160,9 @@ def build_maskrcnn(
         raise ValueError(f"num_classes counts background, so it must be >= 2, got {num_classes}")
     featmap_names = list(backbone.body.return_layers.values())
     channels = backbone.out_channels
-    reader = None if char_reader is None else char_reader(char_labels or [])  # CharReader refuses no labels
+    reader = None
+    if char_reader is not None:  # CharReader refuses an empty char_labels with a message
+        reader = char_reader(char_labels or [], letter_labels=letter_labels or [])
     heads = roi_heads(
         box_head(channels, featmap_names, num_classes),
         mask_head(channels, featmap_names, num_classes),

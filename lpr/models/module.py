@@ -16,7 +16,7 @@ from torch import nn
 
 from lpr.classes import check_classes
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
-from lpr.plates import BOARD_TYPES, character_labels
+from lpr.plates import BOARD_TYPES, character_labels, letter_labels
 from lpr.zoom import board_labels
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class MaskRCNNModule(L.LightningModule):
         # network only needs the number of classes
         extra = {}
         if net.get("char_reader") is not None:
-            extra["char_labels"] = character_labels(classes)
+            extra["char_labels"], extra["letter_labels"] = character_labels(classes), letter_labels(classes)
             if not extra["char_labels"]:
                 raise ValueError(
                     f"model.net.char_reader reads characters, but the class list {classes} has no character "
