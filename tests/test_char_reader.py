@@ -57,7 +57,10 @@ def test_reader_loss_is_on_the_character_targets_in_its_own_label_order():
 def test_letter_weight_adds_the_letters_crops_read_among_the_letters_alone():
     # outputs 0..3 = labels 1, 2 (digits), 5, 6 (letters); one digit crop and one letter crop
     images = torch.rand(1, 3, 64, 64)
-    target = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0], [30.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([1, 5])}
+    target = {
+        "boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0], [30.0, 10.0, 40.0, 30.0]]),
+        "labels": torch.tensor([1, 5]),
+    }
     plain = CharReader([1, 2, 5, 6], **TINY_READER, jitter=0.0, letter_labels=[5, 6])
     weighted = CharReader([1, 2, 5, 6], **TINY_READER, jitter=0.0, letter_labels=[5, 6], letter_weight=2.0)
     for reader in plain, weighted:

@@ -32,7 +32,9 @@ def serving(ckpt: Path, *args: str):
     """A real ``python -m lpr.serve`` of ``ckpt`` on a free loopback port: yields its URL once /health answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lpr.serve", f"ckpt_path={ckpt}", f"port={port}", *args], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "lpr.serve", f"ckpt_path={ckpt}", f"port={port}", *args],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
