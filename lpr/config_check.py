@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lpr.data.validate import is_number
@@ -75,6 +76,26 @@ class ConfigError(ValueError):
     """A configuration value outside what lpr accepts."""
 
 
+def instantiate_checked(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, with a constructor's refusal of its values as a :class:`ConfigError`.
+
+    Hydra wraps what a ``_target_`` raises in an ``InstantiationException`` (nested once per
+    level). A ``ValueError`` or ``TypeError`` at the bottom (a value out of range, a key the
+    target does not take) is a bad configuration: it comes back as one message naming the
+    config key; anything else propagates as it was.
+    """
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        cause: BaseException = e
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if not isinstance(cause, ValueError | TypeError):
+            raise
+        key = re.search(r"full_key: (\S+)", str(e))
+        raise ConfigError(f"{key.group(1) + ': ' if key else ''}{cause}") from e
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -113,6 +134,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.net.zoom.max_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.net.zoom.min_score", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.train_zoom", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("model.net.char_reader.letter_weight", lambda v: is_number(v) and v >= 0, "a number >= 0"),
     *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
     *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),

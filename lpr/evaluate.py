@@ -17,14 +17,13 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from lightning import LightningDataModule
 from omegaconf import DictConfig, OmegaConf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from lpr.checkpoint import CheckpointError, LoadedCheckpoint, load
-from lpr.config_check import EVAL_RULES, clear_errors, validate_options
+from lpr.config_check import EVAL_RULES, clear_errors, instantiate_checked, validate_options
 from lpr.data.coco import decode_segmentation
 from lpr.data.validate import (
     ClassMismatchError,
@@ -288,7 +287,7 @@ def validation_data(
         data_cfg.batch_size = batch_size
     # the data set's categories are matched to the checkpoint's classes by name, whatever their ids
     extra = {"shared_classes_only": True} if shared_classes else {}
-    datamodule = instantiate(data_cfg, _convert_="all", classes=list(loaded.classes), **extra)
+    datamodule = instantiate_checked(data_cfg, _convert_="all", classes=list(loaded.classes), **extra)
     datamodule.prepare_data()
     try:
         datamodule.setup("validate")

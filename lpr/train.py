@@ -14,7 +14,6 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -22,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lpr.callbacks.checkpoint import CheckpointMetadata
 from lpr.callbacks.consistency import ConsistencyError
 from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, current_hparams, read_checkpoint
-from lpr.config_check import ConfigError, RunFolderInUse, check_output_dir, clear_errors, validate_train_config
+from lpr.config_check import (
+    ConfigError,
+    RunFolderInUse,
+    check_output_dir,
+    clear_errors,
+    instantiate_checked,
+    validate_train_config,
+)
 from lpr.data.validate import ClassMismatchError, DataValidationError
 from lpr.hardware import cpu_precision, enlarge_onednn_cache
 from lpr.models.module import MaskRCNNModule
@@ -45,7 +51,7 @@ def _instantiate_all(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     if "_target_" in cfg:
-        obj = instantiate(cfg, _convert_="all")
+        obj = instantiate_checked(cfg, _convert_="all")
         return obj if isinstance(obj, list) else [obj]
     return [o for c in cfg.values() if c for o in _instantiate_all(c)]
 
@@ -86,7 +92,7 @@ def build_module(cfg: DictConfig, classes: list[str], ckpt_path: str | None) -> 
             )
         log.info("Resuming %s with the model config stored in it", ckpt_path)
         return MaskRCNNModule(**hparams)
-    module = instantiate(cfg.model, classes=classes, _recursive_=False)
+    module = instantiate_checked(cfg.model, classes=classes, _recursive_=False)
     if cfg.get("init_from"):
         src = read_checkpoint(cfg.init_from)
         report = transfer_weights(src["state_dict"], src["lpr"]["classes"], module, classes)
@@ -125,7 +131,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt_path = _resolve_ckpt_path(cfg)
     # resuming: the data set's categories are matched to the checkpoint's classes by name
     resumed_classes = read_checkpoint(ckpt_path)["hyper_parameters"]["classes"] if ckpt_path else None
-    datamodule = instantiate(cfg.data, _convert_="all", classes=resumed_classes)
+    datamodule = instantiate_checked(cfg.data, _convert_="all", classes=resumed_classes)
     datamodule.prepare_data()
     try:
         datamodule.setup("fit")  # validates the data set now, before any model is built
@@ -146,7 +152,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer_cfg.get("enable_progress_bar") is None:  # a bar for people, not for log files
         with open_dict(trainer_cfg):
             trainer_cfg.enable_progress_bar = sys.stderr.isatty()
-    trainer: L.Trainer = instantiate(
+    trainer: L.Trainer = instantiate_checked(
         trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 

@@ -9,8 +9,9 @@ import sys
 import pytest
 from conftest import CONF
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 
-from lpr.config_check import ConfigError, validate_train_config
+from lpr.config_check import ConfigError, instantiate_checked, validate_train_config
 
 
 def _cli(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
@@ -21,7 +22,7 @@ def _cli(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def _train_on_coco(tmp_path, root) -> subprocess.CompletedProcess:
+def _train_on_coco(tmp_path, root, *overrides: str) -> subprocess.CompletedProcess:
     """``lpr.train`` on the COCO data set in ``root`` (train.json, val.json, images/)."""
     return _cli(
         tmp_path,
@@ -32,6 +33,7 @@ def _train_on_coco(tmp_path, root) -> subprocess.CompletedProcess:
         "data.train_json=train.json",
         "data.val_json=val.json",
         f"paths.output_dir={tmp_path / 'out'}",
+        *overrides,
     )
 
 
@@ -54,6 +56,7 @@ def _cfg(*overrides: str):
         ("model.net.transform.min_size=0", r"model\.net\.transform\.min_size=0: must be an integer >= 1"),
         ("model.net.zoom.max_scale=0", r"model\.net\.zoom\.max_scale=0: must be a number > 0"),
         ("model.net.train_zoom=1.5", r"model\.net\.train_zoom=1\.5: must be a number in \[0, 1\]"),
+        ("model.net.char_reader.letter_weight=-1", r"letter_weight=-1: must be a number >= 0"),
         ("model.net.zoom=null model.net.train_zoom=0.5", r"model\.net\.train_zoom trains on .* needs model\.net\.zoom"),
     ],
 )
@@ -79,6 +82,21 @@ def test_cli_unknown_key_exits_2(tmp_path):
     proc = _cli(tmp_path, "lpr.train", "+experiment=plate", "model.optimizr.lr=1")
     assert proc.returncode == 2
     assert "model.optimizr.lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_constructor_refusing_its_values_is_a_config_error_naming_the_key():
+    cfg = _cfg("callbacks.time_budget.minutes=-1")
+    with pytest.raises(ConfigError, match=r"^callbacks\.time_budget: TimeBudget needs minutes > 0"):
+        instantiate_checked(cfg.callbacks.time_budget)
+    with pytest.raises(InstantiationException):  # anything but a refused value propagates as Hydra raised it
+        instantiate_checked({"_target_": "builtins.open", "file": "/nonexistent/x.txt"})
+
+
+def test_cli_key_the_model_does_not_take_exits_2_without_traceback(tmp_path, synth_dir):
+    proc = _train_on_coco(tmp_path, synth_dir, "+model.net.char_reader.leter_weight=1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: model: CharReader.__init__() got an unexpected keyword argument 'leter_weight'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()  # nothing written
 
 
 def test_cli_data_fault_exits_2_naming_file_and_annotation(tmp_path, synth_dir):

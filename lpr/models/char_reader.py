@@ -115,6 +115,8 @@ class CharReader(nn.Module):
             raise ValueError("char_reader needs at least one character class (single-character class names)")
         if not set(letter_labels) <= set(char_labels):
             raise ValueError(f"letter_labels {list(letter_labels)} must be among char_labels {list(char_labels)}")
+        if not letter_weight >= 0:
+            raise ValueError(f"char_reader.letter_weight={letter_weight} must be a number >= 0")
         if letter_weight and not letter_labels:
             raise ValueError(
                 f"char_reader.letter_weight={letter_weight} trains the letters among themselves, but no character "
