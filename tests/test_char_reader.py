@@ -77,6 +77,8 @@ def test_letter_weight_adds_the_letters_crops_read_among_the_letters_alone():
         CharReader([1, 2], letter_weight=1.0)
     with pytest.raises(ValueError, match=r"letter_labels \[7\] must be among char_labels"):
         CharReader([1, 2], letter_labels=[7])
+    with pytest.raises(ValueError, match=r"letter_weight=-1.0 must be a number >= 0"):
+        CharReader([1, 2], letter_labels=[2], letter_weight=-1.0)
 
 
 def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_the_box():
