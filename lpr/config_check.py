@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +51,11 @@ OmegaConf.register_new_resolver("lpr.run_dir", run_dir, replace=True)  # ${lpr.r
 
 
 class RunFolderCheck(HydraCallback):
-    """Training's run folder (``hydra.run.dir``), checked and made before Hydra opens its log there:
-    a folder holding another run (:func:`check_output_dir`), a path that is a file or one that
-    cannot be created get one line and exit code 2 instead of a touched run or Hydra's traceback."""
+    """Training's run folder (``hydra.run.dir``), checked, made and claimed before Hydra opens its log
+    there: a folder holding another run (:func:`check_output_dir`) or claimed by a run starting there
+    (:func:`claim_run_folder`: two runs launched in the same second share the default folder's
+    name), a path that is a file or one that cannot be created get one line and exit code 2 instead
+    of a touched run or Hydra's traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(str(OmegaConf.select(config, "hydra.run.dir")))
@@ -65,11 +69,79 @@ class RunFolderCheck(HydraCallback):
         else:
             try:
                 path.mkdir(parents=True, exist_ok=True)
-                return
             except OSError as e:
                 why = f"cannot be created: {e.strerror or e}"
+            else:
+                try:
+                    claim_run_folder(path)
+                except RunFolderInUse as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    sys.exit(2)
+                return
         print(f"error: the run folder {path} (paths.output_dir) {why}", file=sys.stderr)
         sys.exit(2)
+
+
+RUN_CLAIM = ".lpr-run"  # in a run folder while a process trains there: "PID HOST"
+
+
+def claim_run_folder(path: Path) -> None:
+    """Claim the run folder ``path`` for this process until it exits (:data:`RUN_CLAIM`, created
+    atomically), so that a second run started there before the first has written anything is
+    refused rather than training into the same files. A claim left by a process that no longer runs
+    on this host is taken over. Only rank 0 claims: the other ranks of a multi-process run join it.
+
+    Raises:
+        RunFolderInUse: another live process (or one on another host) holds the claim.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    claim, mine = path / RUN_CLAIM, f"{os.getpid()} {socket.gethostname()}"
+    while True:
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _claim_holder(claim)
+            if holder:
+                raise RunFolderInUse(
+                    f"paths.output_dir={path} is in use by another run ({holder}), started there before this "
+                    f"one: train into another folder (set paths.output_dir); nothing was changed there (if no run is "
+                    f"starting or training there, delete {claim})"
+                ) from None
+            claim.unlink(missing_ok=True)  # left by a run that was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        atexit.register(_release_claim, claim, mine)
+        return
+
+
+def _claim_holder(claim: Path) -> str | None:
+    """Who holds ``claim``, or ``None`` when its process no longer runs on this host."""
+    try:
+        pid, host = claim.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return "a process still writing its claim"
+    if host != socket.gethostname():
+        return f"process {pid} on {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return f"process {pid}"
+
+
+def _release_claim(claim: Path, mine: str) -> None:
+    try:
+        if claim.read_text() == mine:
+            claim.unlink()
+    except OSError:
+        pass
 
 
 class ConfigError(ValueError):

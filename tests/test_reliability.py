@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from lpr.config_check import RunFolderInUse, check_output_dir
+from lpr.config_check import RUN_CLAIM, RunFolderInUse, check_output_dir, claim_run_folder
 from lpr.data.validate import DataValidationError, load_coco_json, validate_coco
 
 
@@ -101,6 +102,35 @@ def test_a_run_folder_in_use_is_left_as_it_was(tmp_path, synth_dir):
         err = _clean_failure(_train(tmp_path, root, out))
         assert f"paths.output_dir={out} already holds a run" in err and "ckpt_path=last" in err
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_starting_in_a_folder_another_run_has_claimed_is_refused(tmp_path, synth_dir):
+    # two runs launched in the same second get the same default folder: the first claims it at once
+    out = tmp_path / "starting"
+    out.mkdir()
+    (out / RUN_CLAIM).write_text(f"{os.getpid()} {socket.gethostname()}")  # a live process: this one
+    err = _clean_failure(_train(tmp_path, synth_dir, out))
+    assert f"paths.output_dir={out} is in use by another run (process {os.getpid()})" in err
+    assert sorted(p.name for p in out.iterdir()) == [RUN_CLAIM], "no log, no config, the claim left alone"
+    # a claim whose process is gone (killed) is taken over, and released when the run ends
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / RUN_CLAIM).write_text(f"{gone.pid} {socket.gethostname()}")
+    proc = _train(tmp_path, synth_dir, out, "model.optimizer.lr=-1")  # refused later, by the config check
+    assert "model.optimizer.lr=-1" in _clean_failure(proc) and "in use" not in proc.stderr
+    assert not (out / RUN_CLAIM).exists()
+
+
+def test_a_claim_is_held_until_the_process_ends(tmp_path, monkeypatch):
+    claim_run_folder(tmp_path)
+    assert (tmp_path / RUN_CLAIM).read_text() == f"{os.getpid()} {socket.gethostname()}"
+    with pytest.raises(RunFolderInUse, match=f"in use by another run \\(process {os.getpid()}\\)"):
+        claim_run_folder(tmp_path)  # this process is alive, whoever asks
+    (tmp_path / RUN_CLAIM).write_text("12 another-host")
+    with pytest.raises(RunFolderInUse, match="process 12 on another-host"):
+        claim_run_folder(tmp_path)  # its process cannot be looked up from here: never taken over
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    claim_run_folder(tmp_path)  # the other ranks of a DDP run join their rank 0's folder
 
 
 def test_the_other_ranks_of_a_ddp_run_join_the_folder_their_rank_0_started(tmp_path, monkeypatch):
