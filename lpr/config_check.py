@@ -103,6 +103,8 @@ def claim_run_folder(path: Path) -> None:
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if _read(claim) == mine:
+                return  # claimed already (the CLI's run folder check, then training itself)
             holder = _claim_holder(claim)
             if holder:
                 raise RunFolderInUse(
@@ -136,12 +138,16 @@ def _claim_holder(claim: Path) -> str | None:
     return f"process {pid}"
 
 
-def _release_claim(claim: Path, mine: str) -> None:
+def _read(claim: Path) -> str | None:
     try:
-        if claim.read_text() == mine:
-            claim.unlink()
+        return claim.read_text()
     except OSError:
-        pass
+        return None
+
+
+def _release_claim(claim: Path, mine: str) -> None:
+    if _read(claim) == mine:
+        claim.unlink(missing_ok=True)
 
 
 class ConfigError(ValueError):

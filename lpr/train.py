@@ -25,6 +25,7 @@ from lpr.config_check import (
     ConfigError,
     RunFolderInUse,
     check_output_dir,
+    claim_run_folder,
     clear_errors,
     instantiate_checked,
     validate_train_config,
@@ -158,6 +159,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     # only now, with every input checked, is anything written to the run folder
     make_dir(output_dir)
+    claim_run_folder(output_dir)  # held until exit: a run that passed the check above alongside this one stops here
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     log.info("Output: %s", output_dir)
     for lg in loggers:

@@ -108,24 +108,27 @@ def test_a_run_starting_in_a_folder_another_run_has_claimed_is_refused(tmp_path,
     # two runs launched in the same second get the same default folder: the first claims it at once
     out = tmp_path / "starting"
     out.mkdir()
-    (out / RUN_CLAIM).write_text(f"{os.getpid()} {socket.gethostname()}")  # a live process: this one
-    err = _clean_failure(_train(tmp_path, synth_dir, out))
-    assert f"paths.output_dir={out} is in use by another run (process {os.getpid()})" in err
-    assert sorted(p.name for p in out.iterdir()) == [RUN_CLAIM], "no log, no config, the claim left alone"
+    with subprocess.Popen(["sleep", "300"]) as first:
+        try:
+            (out / RUN_CLAIM).write_text(f"{first.pid} {socket.gethostname()}")
+            err = _clean_failure(_train(tmp_path, synth_dir, out))  # refused before Hydra opens its log there
+            assert f"paths.output_dir={out} is in use by another run (process {first.pid})" in err
+            # its log elsewhere: refused by training itself, after the checks, before writing config.yaml
+            err = _clean_failure(_train(tmp_path, synth_dir, out, f"hydra.run.dir={tmp_path / 'log'}"))
+            assert f"is in use by another run (process {first.pid})" in err
+            assert sorted(p.name for p in out.iterdir()) == [RUN_CLAIM], "no log, no config, the claim left alone"
+        finally:
+            first.kill()
     # a claim whose process is gone (killed) is taken over, and released when the run ends
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    (out / RUN_CLAIM).write_text(f"{gone.pid} {socket.gethostname()}")
     proc = _train(tmp_path, synth_dir, out, "model.optimizer.lr=-1")  # refused later, by the config check
     assert "model.optimizer.lr=-1" in _clean_failure(proc) and "in use" not in proc.stderr
     assert not (out / RUN_CLAIM).exists()
 
 
-def test_a_claim_is_held_until_the_process_ends(tmp_path, monkeypatch):
+def test_a_claim_is_renewed_by_its_own_process_and_never_taken_from_another_host(tmp_path, monkeypatch):
     claim_run_folder(tmp_path)
     assert (tmp_path / RUN_CLAIM).read_text() == f"{os.getpid()} {socket.gethostname()}"
-    with pytest.raises(RunFolderInUse, match=f"in use by another run \\(process {os.getpid()}\\)"):
-        claim_run_folder(tmp_path)  # this process is alive, whoever asks
+    claim_run_folder(tmp_path)  # its own claim: the CLI's folder check, then training
     (tmp_path / RUN_CLAIM).write_text("12 another-host")
     with pytest.raises(RunFolderInUse, match="process 12 on another-host"):
         claim_run_folder(tmp_path)  # its process cannot be looked up from here: never taken over
