@@ -10,7 +10,6 @@ type syllables as strokes. Any folder of ``.ttf``/``.otf`` files adds faces.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,11 +48,6 @@ class Face:
     hershey: int | None = None
     scripts: frozenset[str] = frozenset({"upper", "lower"})
     digits: bool = True
-
-    @property
-    def varies(self) -> bool:
-        """Whether the face is drawn by lpr itself, and so can draw each glyph in many variations."""
-        return self.path is None and self.hershey is None
 
 
 HERSHEY = {
@@ -177,60 +171,25 @@ STROKE_SYLLABLES = tuple(_CONSONANTS)
 _VOWEL_A = [[(0.78, 0.02), (0.78, 0.98)], [(0.78, 0.46), (0.97, 0.46)]]
 
 
-def _stroke_hangul(text: str, weight: int, variant: int = 0) -> np.ndarray:
-    """A syllable of :data:`_CONSONANTS` drawn as strokes, ``weight`` 0-4 from light to heavy.
-
-    ``variant`` 0 draws the strokes as laid out; any other number a variation of them of its own
-    (the same for the same number): the consonant's points moved and its box resized, the vowel
-    placed, cut and armed anew, and on some the horizontal strokes thinner than the vertical ones
-    with a tick at their right ends, as Myeongjo (serif) faces draw them.
-    """
+def _stroke_hangul(text: str, weight: int) -> np.ndarray:
+    """A syllable of :data:`_CONSONANTS` drawn as strokes, ``weight`` 0-4 from light to heavy."""
     if text not in _CONSONANTS:
         raise SynthError(f"the stroke-hangul face draws only {list(_CONSONANTS)}, not {text!r}")
-    strokes = [np.asarray(s, np.float64) for s in _CONSONANTS[text] + _VOWEL_A]
-    contrast, ticks = 1.0, False
-    if variant:
-        rng = np.random.default_rng(variant)
-        box = np.array([rng.uniform(0.85, 1.1), rng.uniform(0.9, 1.05)])
-        consonant = [s * box + rng.normal(0.0, 0.02, s.shape) for s in strokes[:-2]]
-        x, top, bottom = rng.uniform(0.7, 0.86), rng.uniform(0.0, 0.1), rng.uniform(0.9, 1.0)
-        arm_y, arm = rng.uniform(0.38, 0.56), rng.uniform(0.12, 0.24)
-        strokes = [*consonant, np.array([(x, top), (x, bottom)]), np.array([(x, arm_y), (x + arm, arm_y)])]
-        if rng.random() < 0.4:
-            contrast, ticks = rng.uniform(0.4, 0.8), rng.random() < 0.7
-    size, margin = GLYPH_HEIGHT, 16
-    canvas = np.zeros((size + 2 * margin, size + 2 * margin), np.uint8)
+    size = GLYPH_HEIGHT
+    canvas = np.zeros((size + 24, size + 24), np.uint8)
     thickness = 6 + 3 * weight
-    for stroke in strokes:
-        pts = (np.clip(stroke, -0.1, 1.1) * size + margin).round().astype(np.int32)
-        if contrast == 1.0:
-            cv2.polylines(canvas, [pts], False, 255, thickness, cv2.LINE_AA)
-            continue
-        for a, b in itertools.pairwise(pts):
-            horizontal = abs(int(b[1] - a[1])) < abs(int(b[0] - a[0]))
-            width = max(2, round(thickness * (contrast if horizontal else 1.0)))
-            cv2.line(canvas, a.tolist(), b.tolist(), 255, width, cv2.LINE_AA)
-            if horizontal and ticks:
-                end = a if a[0] > b[0] else b
-                tip = end + np.array([-0.03 * size, 0.07 * size]).round().astype(np.int32)
-                cv2.line(canvas, end.tolist(), tip.tolist(), 255, max(2, round(0.8 * thickness)), cv2.LINE_AA)
+    for stroke in _CONSONANTS[text] + _VOWEL_A:
+        pts = (np.asarray(stroke) * size + 12).round().astype(np.int32)
+        cv2.polylines(canvas, [pts], False, 255, thickness, cv2.LINE_AA)
     return canvas.astype(np.float32) / 255.0
 
 
-def glyph(face: Face, text: str, weight: int = 2, variant: int = 0) -> np.ndarray:
+@lru_cache(maxsize=4096)
+def glyph(face: Face, text: str, weight: int = 2) -> np.ndarray:
     """A tightly cropped float32 alpha map (0-1) of ``text`` in ``face``, about GLYPH_HEIGHT tall.
 
     ``weight`` 0-4 thins (0, 1) or thickens (3, 4) the strokes; 2 is the face as designed.
-    ``variant`` changes the shapes a procedural face (:attr:`Face.varies`) draws, 0 being its design;
-    other faces ignore it. Glyphs of files and Hershey faces are cached; variations are drawn anew.
     """
-    if variant and face.varies:
-        return _cropped(_stroke_hangul(text, weight, variant), face, text)
-    return _glyph(face, text, weight)
-
-
-@lru_cache(maxsize=4096)
-def _glyph(face: Face, text: str, weight: int) -> np.ndarray:
     if face.hershey is not None:
         canvas = np.zeros((160, 160), np.uint8)
         thickness = 3 + 2 * weight
@@ -251,10 +210,6 @@ def _glyph(face: Face, text: str, weight: int) -> np.ndarray:
             thinner = cv2.erode(alpha, np.ones((3, 3), np.uint8), iterations=2 - weight)
             if (thinner > 0.5).sum() > 0.6 * (alpha > 0.5).sum():
                 alpha = thinner
-    return _cropped(alpha, face, text)
-
-
-def _cropped(alpha: np.ndarray, face: Face, text: str) -> np.ndarray:
     ys, xs = np.nonzero(alpha > 0.05)
     if not len(xs):
         raise SynthError(f"{face.path or face.name}: draws nothing for {text!r}")

@@ -55,7 +55,6 @@ class PlateStyle:
     slant: float  # horizontal shear (x += slant * height above the baseline)
     monospace: bool  # glyphs centred in equal cells, else set by their own widths
     cell_aspect: float | None = None  # every glyph stretched to line height x this width, or its own proportions
-    variant: int = 0  # which variation of its glyphs a procedural type-slot face draws (0: its design)
 
 
 def sample_style(rng: np.random.Generator, faces: tuple[Face, ...], schemes: tuple[str, ...]) -> PlateStyle:
@@ -83,7 +82,6 @@ def sample_style(rng: np.random.Generator, faces: tuple[Face, ...], schemes: tup
         slant=slant,
         monospace=bool(rng.random() < 0.4),
         cell_aspect=float(rng.uniform(0.45, 0.75)) if rng.random() < 0.25 else None,
-        variant=int(rng.integers(1, 2**31)) if letter_face.varies else 0,
     )
 
 
@@ -105,7 +103,7 @@ def _shown(char: str, style: PlateStyle, hangul: dict[str, str]) -> tuple[Face, 
 def _sized_glyph(char: str, style: PlateStyle, hangul: dict[str, str], height: float) -> tuple[np.ndarray, bool]:
     """The glyph of a class character scaled to a line of ``height`` px; True when it sits on the baseline."""
     face, text = _shown(char, style, hangul)
-    alpha = glyph(face, text, style.weight, style.variant)
+    alpha = glyph(face, text, style.weight)
     if face.digits:  # relative to the face's digits: small letters stay small, Hangul keeps its size
         ref = glyph(face, "0", style.weight).shape[0]
         scale = height * min(1.15, max(0.45, alpha.shape[0] / ref)) / alpha.shape[0]
