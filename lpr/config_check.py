@@ -103,9 +103,10 @@ def claim_run_folder(path: Path) -> None:
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if _read(claim) == mine:
+            text = _read(claim)
+            if text == mine:
                 return  # claimed already (the CLI's run folder check, then training itself)
-            holder = _claim_holder(claim)
+            holder = _claim_holder(text)
             if holder:
                 raise RunFolderInUse(
                     f"paths.output_dir={path} is in use by another run ({holder}), started there before this "
@@ -120,12 +121,12 @@ def claim_run_folder(path: Path) -> None:
         return
 
 
-def _claim_holder(claim: Path) -> str | None:
-    """Who holds ``claim``, or ``None`` when its process no longer runs on this host."""
+def _claim_holder(text: str | None) -> str | None:
+    """Who holds a claim that reads ``text``, or ``None`` when its process no longer runs on this host."""
     try:
-        pid, host = claim.read_text().split()
+        pid, host = (text or "").split()
         pid = int(pid)
-    except (OSError, ValueError):
+    except ValueError:
         return "a process still writing its claim"
     if host != socket.gethostname():
         return f"process {pid} on {host}"
