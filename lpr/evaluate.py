@@ -36,6 +36,7 @@ from lpr.data.validate import (
 from lpr.hardware import enlarge_onednn_cache
 from lpr.metrics.coco import coco_evaluate, quiet
 from lpr.metrics.detection import DVMeanAP, ExactInferenceRate
+from lpr.metrics.eir import format_misses
 from lpr.models.module import VAL_KEYS, MaskRCNNModule
 from lpr.outputs import OutputError, make_dir, write_text
 from lpr.zoom import set_zoom, settings
@@ -76,6 +77,9 @@ def print_table(report: dict) -> None:
     for key in VAL_KEYS:
         v = report[key]
         lines.append(f"{key:<17} {v:.4f}" if v is not None else f"{key:<17} -")
+    counts = report.get("plate_counts") or {}
+    if counts.get("missed"):
+        lines += ["", f"plates: {counts['matched']} of {counts['gt']} read; {format_misses(counts['missed'])}"]
     width = max([5, *(len(name) for name in report["per_class"])])
     lines += ["", f"{'class':<{width}} {'bbox_AP':>8} {'segm_AP':>8} {'dv_AP':>8}"]
     for name, row in report["per_class"].items():

@@ -213,6 +213,8 @@ def test_one_misread_digit_and_a_duplicate_board(val_set):
     assert e["counts"]["pred"] == n + 1
     assert e["EIR"] == e["counts"]["matched"] / n
     assert e["plate_precision"] == pytest.approx(e["counts"]["matched"] / (n + 1))
+    assert e["counts"]["missed"] == {"board": 0, "board_type": 0, "region": 0, "grammar": 0, "misread": 1}
+    assert [row["miss"] for row in e["plates"] if not row["matched"]] == ["misread"]
 
 
 def test_an_image_seen_twice_counts_once(val_set):

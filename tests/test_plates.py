@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lpr.data.synth import PLATE_CLASSES
-from lpr.metrics.eir import match_plates, plate_counts
+from lpr.metrics.eir import MISSES, match_plates, miss_counts, plate_counts, plate_report
 from lpr.plates import DEFAULT_SUB_PATTERN, PlateReading, fit_pattern, read_boards, read_plates
 
 L = {name: i + 1 for i, name in enumerate(PLATE_CLASSES)}
@@ -179,3 +179,30 @@ def test_plate_counts_keep_unreadable_gt_boards_apart():
     ]
     counts = plate_counts([_plate("12a3456", (0, 0, 100, 30))], gt)
     assert counts == {"matched": 1, "gt": 1, "pred": 1, "gt_unreadable": 1}
+
+
+def _boards(dets):
+    return read_boards([b for _, b in dets], [L[n] for n, _ in dets], None, PLATE_CLASSES)
+
+
+def test_a_plate_not_read_is_told_why_by_how_far_its_best_attempt_got():
+    # six plates in a row, 200 px apart; what the model found of each, and why it was not read
+    gt = _boards([d for k in range(6) for d in one_line(x0=200.0 * k)])
+    found = {
+        0: one_line(x0=0.0),  # read right
+        1: [],  # nothing there
+        2: one_line(x0=400.0, board="r_board"),  # the other type: its l_ regions are not its own
+        3: [d for d in one_line(x0=600.0) if d[0] != "l_m_n"],  # no main region
+        4: one_line(x0=800.0, main="345"),  # a digit missed: breaks the grammar
+        5: one_line(x0=1000.0, main="3457"),  # a digit wrong
+    }
+    boards = _boards([d for dets in found.values() for d in dets])
+    rows = plate_report([b for b in boards if b.valid], gt, boards=boards)
+    assert [r["matched"] for r in rows] == [True, False, False, False, False, False]
+    assert [r.get("miss") for r in rows] == [None, "board", "board_type", "region", "grammar", "misread"]
+    assert rows[4]["read_invalid"] == "12a345" and rows[4]["read"] is None
+    assert rows[5]["read"] == "12a3457" and "read_invalid" not in rows[5]
+    assert miss_counts(rows) == {"board": 1, "board_type": 1, "region": 1, "grammar": 1, "misread": 1}
+    assert list(miss_counts(rows[:1])) == list(MISSES) and sum(miss_counts(rows[:1]).values()) == 0
+    # without the predicted boards only ``read`` says anything
+    assert all("miss" not in r for r in plate_report([b for b in boards if b.valid], gt))

@@ -22,8 +22,8 @@ from torchmetrics import Metric
 
 from lpr.metrics.coco import coco_evaluate, dv_evaluate, make_coco
 from lpr.metrics.dv import mask_slices
-from lpr.metrics.eir import plate_counts, plate_report
-from lpr.plates import BOARD_TYPES, DEFAULT_MAIN_PATTERN, DEFAULT_SUB_PATTERN, read_boards, read_plates
+from lpr.metrics.eir import miss_counts, plate_counts, plate_report
+from lpr.plates import BOARD_TYPES, DEFAULT_MAIN_PATTERN, DEFAULT_SUB_PATTERN, read_boards
 
 MASK_THRESHOLD = 0.5
 
@@ -257,7 +257,8 @@ class ExactInferenceRate(_PerImageMetric):
         width_ratio, height_ratio: centre-distance limits of a match.
 
     ``compute()`` returns ``{"EIR", "plate_precision", "counts", "plates"}``; ``plates``
-    lists every readable GT plate with the text read there and whether it matched.
+    lists every readable GT plate with the text read there and whether it matched (if not,
+    why: ``miss``, :data:`lpr.metrics.eir.MISSES`), ``counts["missed"]`` the plates per cause.
     """
 
     def __init__(
@@ -288,14 +289,15 @@ class ExactInferenceRate(_PerImageMetric):
         if not self.defined:
             return {"image_id": image_id}
         probs = _np(pred["char_probs"]) if "char_probs" in pred else None
-        read = read_plates(
+        boards = read_boards(
             _np(pred["boxes"]), _np(pred["labels"]), _np(pred["scores"]), self.classes, char_probs=probs, **self.reading
         )
+        read = [b for b in boards if b.valid]  # lpr.plates.read_plates: the valid readings
         gt_boxes = read_boards(_np(target["boxes"]), _np(target["labels"]), None, self.classes, **self.reading)
         return {
             "image_id": image_id,
             "counts": plate_counts(read, gt_boxes, **self.ratios),
-            "plates": plate_report(read, gt_boxes, **self.ratios),
+            "plates": plate_report(read, gt_boxes, boards=boards, **self.ratios),
         }
 
     def compute(self) -> dict:
@@ -303,9 +305,11 @@ class ExactInferenceRate(_PerImageMetric):
         if not self.defined:
             return {"EIR": None, "plate_precision": None, "counts": None, "plates": []}
         totals = {key: sum(r["counts"][key] for r in records) for key in ("matched", "gt", "pred", "gt_unreadable")}
+        plates = [{"image_id": r["image_id"], **row} for r in records for row in r["plates"]]
+        totals["missed"] = miss_counts(plates)
         return {
             "EIR": totals["matched"] / totals["gt"] if totals["gt"] else float("nan"),
             "plate_precision": totals["matched"] / totals["pred"] if totals["pred"] else 0.0,
             "counts": totals,
-            "plates": [{"image_id": r["image_id"], **row} for r in records for row in r["plates"]],
+            "plates": plates,
         }

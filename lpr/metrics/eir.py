@@ -6,6 +6,21 @@ from collections.abc import Sequence
 
 from lpr.plates import PlateReading
 
+# Why a ground-truth plate was not read, by how far the best attempt at it got.
+MISSES = {
+    "board": "no board found there",
+    "board_type": "found as the other board type",
+    "region": "its sub or main number region, or all of a region's characters, not found",
+    "grammar": "read, but the text breaks the plate grammar (a character missed or one too many)",
+    "misread": "read in the grammar, with a character wrong",
+}
+
+
+def _near(p: PlateReading, g: PlateReading, width_ratio: float, height_ratio: float) -> bool:
+    """``p``'s centre lies within the match distance of ground-truth plate ``g``'s."""
+    gw, gh = g.box[2] - g.box[0], g.box[3] - g.box[1]
+    return abs(p.center[0] - g.center[0]) < width_ratio * gw and abs(p.center[1] - g.center[1]) < height_ratio * gh
+
 
 def match_plates(
     predicted: Sequence[PlateReading],
@@ -31,9 +46,8 @@ def match_plates(
         for j, g in enumerate(ground_truth):
             if j in taken or g.type != p.type or g.text != p.text:
                 continue
-            gw, gh = g.box[2] - g.box[0], g.box[3] - g.box[1]
             dx, dy = abs(p.center[0] - g.center[0]), abs(p.center[1] - g.center[1])
-            if dx < width_ratio * gw and dy < height_ratio * gh and dx * dx + dy * dy < best_d2:
+            if _near(p, g, width_ratio, height_ratio) and dx * dx + dy * dy < best_d2:
                 best, best_d2 = j, dx * dx + dy * dy
         if best is not None:
             taken.add(best)
@@ -72,6 +86,7 @@ def plate_report(
     predicted: Sequence[PlateReading],
     ground_truth_boards: Sequence[PlateReading],
     *,
+    boards: Sequence[PlateReading] | None = None,
     width_ratio: float = 0.1,
     height_ratio: float = 0.2,
 ) -> list[dict]:
@@ -79,21 +94,54 @@ def plate_report(
 
     ``read`` is the matched reading's text, else the text of the nearest predicted
     reading whose centre is within the distance limits (a misread), else None.
+    Given every predicted board (``boards``, valid or not: :func:`lpr.plates.read_boards`),
+    a plate not matched also gets ``miss``, one of :data:`MISSES`, and with ``"grammar"``
+    the text that broke it (``read_invalid``).
     """
     gt = [b for b in ground_truth_boards if b.valid]
     matched = {j: i for i, j in match_plates(predicted, gt, width_ratio=width_ratio, height_ratio=height_ratio)}
     rows = []
     for j, g in enumerate(gt):
+        row = {"type": g.type, "gt": g.text, "read": None, "matched": j in matched, "box": list(g.box)}
         if j in matched:
-            read = predicted[matched[j]].text
+            row["read"] = predicted[matched[j]].text
         else:
-            gw, gh = g.box[2] - g.box[0], g.box[3] - g.box[1]
             near = [
                 (abs(p.center[0] - g.center[0]) + abs(p.center[1] - g.center[1]), p.text)
                 for p in predicted
-                if abs(p.center[0] - g.center[0]) < width_ratio * gw
-                and abs(p.center[1] - g.center[1]) < height_ratio * gh
+                if _near(p, g, width_ratio, height_ratio)
             ]
-            read = min(near)[1] if near else None
-        rows.append({"type": g.type, "gt": g.text, "read": read, "matched": j in matched, "box": list(g.box)})
+            row["read"] = min(near)[1] if near else None
+            if boards is not None:
+                row.update(_miss(g, [b for b in boards if _near(b, g, width_ratio, height_ratio)]))
+        rows.append(row)
     return rows
+
+
+def _miss(g: PlateReading, near: list[PlateReading]) -> dict:
+    """How far the best attempt at ground-truth plate ``g`` got, among the boards ``near`` it."""
+    if not near:
+        return {"miss": "board"}
+    same = sorted((b for b in near if b.type == g.type), key=lambda b: -b.score)
+    if not same:
+        return {"miss": "board_type"}
+    if any(b.valid for b in same):
+        return {"miss": "misread"}
+    both = [b for b in same if b.sub and b.main]
+    if both:
+        return {"miss": "grammar", "read_invalid": both[0].text}
+    return {"miss": "region"}
+
+
+def miss_counts(rows: Sequence[dict]) -> dict[str, int]:
+    """``{cause: plates}`` over :func:`plate_report` rows, every cause of :data:`MISSES` listed."""
+    counts = dict.fromkeys(MISSES, 0)
+    for row in rows:
+        if "miss" in row:
+            counts[row["miss"]] += 1
+    return counts
+
+
+def format_misses(counts: dict[str, int]) -> str:
+    """``"not read: 20 board, 1 board_type, 5 region, 12 grammar, 10 misread"`` (one line for logs)."""
+    return "not read: " + ", ".join(f"{counts.get(cause, 0)} {cause}" for cause in MISSES)

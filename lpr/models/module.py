@@ -16,6 +16,7 @@ from torch import nn
 
 from lpr.classes import check_classes
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
+from lpr.metrics.eir import format_misses
 from lpr.plates import BOARD_TYPES, character_labels, letter_labels
 from lpr.zoom import board_labels
 
@@ -254,11 +255,12 @@ class MaskRCNNModule(L.LightningModule):
             if counts
             else ""
         )
+        misses = f"\n  {format_misses(counts['missed'])}" if counts.get("missed") else ""
         # in fit: "validation at epoch 3, step 750"; a trainer.validate() after fit is the final, full one
         when = "validation at" if self.trainer.state.fn == TrainerFn.FITTING else "validation (Trainer.validate) after"
         when = when if prefix == "val" else f"{prefix}: {when}"
         log.info(
-            "%s epoch %d, step %d\n  %s\n  %s\n  %s%s | %s",
+            "%s epoch %d, step %d\n  %s\n  %s\n  %s%s | %s%s",
             when,
             self.current_epoch + (1 if self.trainer.state.fn == TrainerFn.FITTING else 0),
             self.global_step,
@@ -267,6 +269,7 @@ class MaskRCNNModule(L.LightningModule):
             fmt("EIR"),
             plates,
             fmt("plate_precision"),
+            misses,
         )
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict]:
