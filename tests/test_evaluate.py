@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CONF
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lpr.data.synth import PLATE_CLASSES
-from lpr.evaluate import evaluate_checkpoint, evaluate_results
+from lpr.data.validate import ClassMismatchError
+from lpr.evaluate import evaluate_checkpoint, evaluate_results, run
 
 TOP_KEYS = {"mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR", "plate_precision"}
 
@@ -36,6 +39,12 @@ def test_evaluate_checkpoint_cli_writes_report_pr_curves_and_tensorboard(fast_ru
     # the checkpoint's own data config was used: the same validation set as in training
     assert report["plate_counts"]["gt"] == len(report["plates"]) > 0
     assert all({"gt", "read", "matched"} <= set(row) for row in report["plates"])
+    counts = report["plate_counts"]  # why each plate was not read, in the report and the printed table
+    assert sum(counts["missed"].values()) == counts["gt"] - counts["matched"]
+    missed = [row for row in report["plates"] if not row["matched"]]
+    assert missed and all(row["miss"] in counts["missed"] for row in missed)
+    table_line = f"plates: {counts['matched']} of {counts['gt']} read; not read: {counts['missed']['board']} board"
+    assert table_line in proc.stdout
     # the last checkpoint is the state that was validated last in training
     assert report["mAP"] == pytest.approx(metrics["val/mAP"], abs=1e-6)
     assert report["EIR"] == pytest.approx(metrics["val/EIR"], abs=1e-6)
@@ -89,44 +98,46 @@ def _renumbered(src, dst, *, rename=None):
     return dst
 
 
-def _evaluate_on(tmp_path, ckpt, root, report, *overrides):
-    return subprocess.run(
-        [sys.executable, "-m", "lpr.evaluate", f"ckpt_path={ckpt}", "data=coco", f"data.root={root}",
-         "data.val_json=val.json", f"report={report}", "pr_curves=false", *overrides],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+def _evaluate_on(tmp_path, ckpt, root, report, *overrides, cli=False):
+    """``python -m lpr.evaluate`` on a COCO set: in a subprocess (``cli``), or its task in this process."""
+    args = [f"ckpt_path={ckpt}", "data=coco", f"data.root={root}", "data.val_json=val.json", f"report={report}",
+            "pr_curves=false", *overrides]  # fmt: skip
+    if cli:
+        return subprocess.run(
+            [sys.executable, "-m", "lpr.evaluate", *args], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return run(compose("eval", overrides=args))
 
 
-def test_categories_are_matched_by_name_whatever_their_order_and_ids(fast_run, synth_dir, tmp_path):
+def test_categories_are_matched_by_name_whatever_their_order_and_ids(fast_run, synth_dir, tmp_path, capsys):
     ckpt = fast_run[0] / "checkpoints" / "last.ckpt"
-    same = _evaluate_on(tmp_path, ckpt, synth_dir, tmp_path / "same.json")
-    reordered = _renumbered(synth_dir, tmp_path / "reordered")
-    moved = _evaluate_on(tmp_path, ckpt, reordered, tmp_path / "moved.json")
-    assert same.returncode == 0 and moved.returncode == 0, same.stderr[-2000:] + moved.stderr[-2000:]
-    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("same", "moved"))
+    a = _evaluate_on(tmp_path, ckpt, synth_dir, tmp_path / "same.json")
+    b = _evaluate_on(tmp_path, ckpt, _renumbered(synth_dir, tmp_path / "reordered"), tmp_path / "moved.json")
+    assert json.loads((tmp_path / "same.json").read_text())["EIR"] == a["EIR"]  # the report written is the one returned
     assert a["plate_counts"]["gt"] > 0 and a["plate_counts"] == b["plate_counts"]
     for key in ("mAP", "segm_mAP", "dv_mAP", "EIR"):
         assert a[key] == pytest.approx(b[key], abs=1e-9), key
     assert a["per_class"] == b["per_class"]  # per class by name, the same numbers
 
     other = _renumbered(synth_dir, tmp_path / "other", rename={"l_board": "board"})
-    proc = _evaluate_on(tmp_path, ckpt, other, tmp_path / "other.json")
+    proc = _evaluate_on(tmp_path, ckpt, other, tmp_path / "other.json", cli=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "not among the model's ['board'], missing from the data set ['l_board']" in proc.stderr
     assert "to score only the classes both have: classes=shared" in proc.stderr
+    assert not (tmp_path / "other.json").exists()
 
     # classes=shared: the classes both have are scored as before, the renamed one is left out
-    proc = _evaluate_on(tmp_path, ckpt, other, tmp_path / "shared.json", "classes=shared")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    shared = json.loads((tmp_path / "shared.json").read_text())
+    capsys.readouterr()
+    shared = _evaluate_on(tmp_path, ckpt, other, tmp_path / "shared.json", "classes=shared")
     assert shared["classes"]["not_in_model"] == ["board"] and shared["classes"]["not_in_data"] == ["l_board"]
     assert sorted(shared["classes"]["scored"]) == sorted(set(a["per_class"]) - {"l_board"})
     assert shared["per_class"]["l_board"] == {"bbox_AP": None, "segm_AP": None, "dv_AP": None}
     scored = shared["classes"]["scored"]
     assert any(shared["per_class"][c]["bbox_AP"] is not None for c in scored)  # scored where there is ground truth
     assert {c: shared["per_class"][c] for c in scored} == {c: a["per_class"][c] for c in scored}
-    assert "annotations left out (not among the model's classes): ['board']" in proc.stdout
+    assert "annotations left out (not among the model's classes): ['board']" in capsys.readouterr().out
 
     nothing = _renumbered(synth_dir, tmp_path / "nothing", rename={c: f"x{c}" for c in a["per_class"]})
-    proc = _evaluate_on(tmp_path, ckpt, nothing, tmp_path / "nothing.json", "classes=shared")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no category is among" in proc.stderr
+    with pytest.raises(ClassMismatchError, match="no category is among"):
+        _evaluate_on(tmp_path, ckpt, nothing, tmp_path / "nothing.json", "classes=shared")

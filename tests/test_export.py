@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason='the ONNX reader needs the extra
 
 from lpr.checkpoint import load  # noqa: E402
 from lpr.export import InferenceGraph, example_images  # noqa: E402
-from lpr.onnx_reader import OUTPUTS, OUTPUTS_WITHOUT_PROBS, OnnxPlateReader  # noqa: E402
+from lpr.onnx_reader import OUTPUTS, OUTPUTS_WITHOUT_PROBS, OnnxModelError, OnnxPlateReader  # noqa: E402
 from lpr.reader import PlateReader  # noqa: E402
 from lpr.zoom import BoardZoom  # noqa: E402
 
@@ -196,10 +196,13 @@ def test_bad_onnx_files_get_one_clear_message(exported, tmp_path, synth_dir):
         "missing.onnx": "does not exist",
     }
     for name, message in expected.items():
-        proc = run("lpr.predict", f"model={tmp_path / name}", f"input={source}", f"output={tmp_path / 'out'}")
-        assert proc.returncode == 2, (name, proc.stderr)
-        assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "out").exists()
+        with pytest.raises(OnnxModelError, match=message):
+            OnnxPlateReader(tmp_path / name)
+    # the command line gives that message alone, exit code 2, and writes nothing
+    proc = run("lpr.predict", f"model={tmp_path / 'truncated.onnx'}", f"input={source}", f"output={tmp_path / 'out'}")
+    assert proc.returncode == 2, proc.stderr
+    assert f"ONNX model {tmp_path / 'truncated.onnx'} is not a complete ONNX file" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_export_never_overwrites(exported, spread_checkpoint):

@@ -154,21 +154,22 @@ def test_predict_cli_roi_outside_one_image_fails_that_image_only(tmp_path, check
     assert not (out / "small.json").exists()
 
 
-@pytest.mark.parametrize(
-    ("option", "message"),
-    [
-        ("roi=[1,2,3]", r"roi=\[1, 2, 3\]: must be \[x, y, width, height\]"),
-        ("roi=[0,0,10,100]", r"roi=\[0, 0, 10, 100\]: must be"),
-        ("zoom=maybe", r"zoom='maybe': must be true or false, or null"),
-        ("batch_size=0", r"batch_size=0: must be an integer >= 1"),
-        ("score_thr=2", r"score_thr=2: must be a number in \[0, 1\]"),
-        ("every_n_frames=0", r"every_n_frames=0: must be an integer >= 1"),
-        ("max_side=10", r"max_side=10: must be an integer >= 32"),
-        ("track.max_gap=-1", r"track\.max_gap=-1: must be an integer >= 0"),
-    ],
-)
-def test_predict_cli_bad_option_exits_2_naming_it(tmp_path, checkpoint, synth_dir, option, message):
-    proc, out = _run_predict(tmp_path, checkpoint, synth_dir / "images" / "val", option)
+BAD_OPTIONS = {  # every bad option of one command line is named in its one message
+    "roi=[1,2,3]": r"roi=\[1, 2, 3\]: must be \[x, y, width, height\]",
+    "zoom=maybe": r"zoom='maybe': must be true or false, or null",
+    "batch_size=0": r"batch_size=0: must be an integer >= 1",
+    "score_thr=2": r"score_thr=2: must be a number in \[0, 1\]",
+    "every_n_frames=0": r"every_n_frames=0: must be an integer >= 1",
+    "max_side=10": r"max_side=10: must be an integer >= 32",
+    "track.max_gap=-1": r"track\.max_gap=-1: must be an integer >= 0",
+}
+
+
+@pytest.mark.parametrize("options", [list(BAD_OPTIONS), ["roi=[0,0,10,100]"]], ids=["all", "roi-size"])
+def test_predict_cli_bad_options_exit_2_naming_each(tmp_path, checkpoint, synth_dir, options):
+    proc, out = _run_predict(tmp_path, checkpoint, synth_dir / "images" / "val", *options)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert re.search(message, proc.stderr) and "Traceback" not in proc.stderr
-    assert not out.exists()
+    assert "Traceback" not in proc.stderr and not out.exists()
+    for option in options:
+        message = BAD_OPTIONS.get(option, r"roi=\[0, 0, 10, 100\]: must be")
+        assert re.search(message, proc.stderr), (option, proc.stderr[-2000:])

@@ -47,28 +47,15 @@ def test_char_accuracy_prints_its_table(fast_run):
     assert re.search(r"^\s*all\s+\d+", out, re.MULTILINE), out
 
 
-def test_char_scoring_prints_a_row_per_setting(fast_run):
+def test_char_scoring_prints_a_row_per_setting_on_a_validation_only_set(fast_run, tmp_path):
     ckpt = str(fast_run[0] / "checkpoints" / "last.ckpt")
-    out = _run(str(SCRIPTS / "char_scoring.py"), ckpt, "--nms", "0.3", "0.5", "--weight", "0.25", "--zoom", "on", "off")
+    generate(tmp_path / "seed1", train=0, val=2, heldout=0, seed=1)  # as the choosing sets: no train.json
+    args = "--nms", "0.3", "0.5", "--weight", "0.25", "--zoom", "on", "off", "--data-root", str(tmp_path / "seed1")
+    out = _run(str(SCRIPTS / "char_scoring.py"), ckpt, *args)
     rows = re.findall(r"^\s*0\.[35]0?\s.*$", out, re.MULTILINE)
     zoom_grammar = [tuple(r.split()[3:6:2]) for r in rows]  # nms cover weight zoom chars grammar ...
     assert len(rows) == 8 and sorted(set(zoom_grammar)) == [(z, g) for z in ("off", "on") for g in ("off", "on")], out
-
-
-def test_char_scoring_reads_a_validation_only_set(fast_run, tmp_path):
-    ckpt = str(fast_run[0] / "checkpoints" / "last.ckpt")
-    generate(tmp_path / "seed1", train=0, val=2, heldout=0, seed=1)  # as the choosing sets: no train.json
-    out = _run(
-        str(SCRIPTS / "char_scoring.py"),
-        ckpt,
-        "--nms",
-        "0.3",
-        "--weight",
-        "0.25",
-        "--data-root",
-        str(tmp_path / "seed1"),
-    )
-    assert "2 images" in out and len(re.findall(r"^\s*0\.30?\s.*$", out, re.MULTILINE)) == 2, out
+    assert "2 images" in out, out
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "char_scoring.py"), ckpt, "--data-root", str(tmp_path)],
         capture_output=True,
