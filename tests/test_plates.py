@@ -186,23 +186,26 @@ def _boards(dets):
 
 
 def test_a_plate_not_read_is_told_why_by_how_far_its_best_attempt_got():
-    # six plates in a row, 200 px apart; what the model found of each, and why it was not read
-    gt = _boards([d for k in range(6) for d in one_line(x0=200.0 * k)])
-    found = {
-        0: one_line(x0=0.0),  # read right
-        1: [],  # nothing there
-        2: one_line(x0=400.0, board="r_board"),  # the other type: its l_ regions are not its own
-        3: [d for d in one_line(x0=600.0) if d[0] != "l_m_n"],  # no main region
-        4: one_line(x0=800.0, main="345"),  # a digit missed: breaks the grammar
-        5: one_line(x0=1000.0, main="3457"),  # a digit wrong
-    }
-    boards = _boards([d for dets in found.values() for d in dets])
+    # eight plates in a row, 200 px apart; what the model found of each, and why it was not read
+    gt = _boards([d for k in range(8) for d in one_line(x0=200.0 * k)])
+    found = [
+        one_line(x0=0.0),  # read right
+        [],  # nothing there
+        one_line(x0=400.0, board="r_board"),  # the other type: its l_ regions are not its own
+        [d for d in one_line(x0=600.0) if d[0] != "l_m_n"],  # no main region
+        one_line(x0=800.0, main="345"),  # a digit missed
+        [*one_line(x0=1000.0), ("7", [1099.0, 5.0, 1103.0, 25.0])],  # a stray digit at the region's right end
+        one_line(x0=1200.0, main="34a6"),  # a letter for a digit (no char_probs to fit the grammar)
+        one_line(x0=1400.0, main="3457"),  # a digit wrong
+    ]
+    boards = _boards([d for dets in found for d in dets])
     rows = plate_report([b for b in boards if b.valid], gt, boards=boards)
-    assert [r["matched"] for r in rows] == [True, False, False, False, False, False]
-    assert [r.get("miss") for r in rows] == [None, "board", "board_type", "region", "grammar", "misread"]
-    assert rows[4]["read_invalid"] == "12a345" and rows[4]["read"] is None
-    assert rows[5]["read"] == "12a3457" and "read_invalid" not in rows[5]
-    assert miss_counts(rows) == {"board": 1, "board_type": 1, "region": 1, "grammar": 1, "misread": 1}
+    assert [r["matched"] for r in rows] == [True] + [False] * 7
+    assert [r.get("miss") for r in rows] == [None, *MISSES]
+    assert [r.get("read_invalid") for r in rows[4:7]] == ["12a345", "12a34567", "12a34a6"]
+    assert all(r["read"] is None for r in rows[4:7])
+    assert rows[7]["read"] == "12a3457" and "read_invalid" not in rows[7]
+    assert miss_counts(rows) == dict.fromkeys(MISSES, 1)
     assert list(miss_counts(rows[:1])) == list(MISSES) and sum(miss_counts(rows[:1]).values()) == 0
     # without the predicted boards only ``read`` says anything
     assert all("miss" not in r for r in plate_report([b for b in boards if b.valid], gt))

@@ -59,7 +59,8 @@ def test_fast_run_writes_checkpoints_tensorboard_and_eta(fast_run):
 
     summaries = [line for line in lines if line.startswith("validation at epoch")]
     assert len(summaries) == 2 and "dv_mAP_50" in summaries[0] and "EIR" in summaries[0]
-    assert re.search(r"not read: \d+ board, \d+ board_type, \d+ region, \d+ grammar, \d+ misread$", summaries[0])
+    assert re.search(r"not read: \d+ board, \d+ board_type, \d+ region, \d+ too_few, \d+ too_many, \d+ grammar, "
+                     r"\d+ misread$", summaries[0])  # fmt: skip
     assert len([line for line in lines if line.startswith("val_heldout: validation at epoch")]) == 2
 
     eta = [line for line in lines if re.search(r"ETA \d+d \d{2}h \d{2}m \d{2}s$", line)]

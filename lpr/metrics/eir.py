@@ -11,7 +11,9 @@ MISSES = {
     "board": "no board found there",
     "board_type": "found as the other board type",
     "region": "its sub or main number region, or all of a region's characters, not found",
-    "grammar": "read, but the text breaks the plate grammar (a character missed or one too many)",
+    "too_few": "read with fewer characters than it has: a character missed",
+    "too_many": "read with more characters than it has: a character found twice, or a stray one",
+    "grammar": "read with as many characters as it has, that the grammar refuses (one in the other region)",
     "misread": "read in the grammar, with a character wrong",
 }
 
@@ -95,8 +97,8 @@ def plate_report(
     ``read`` is the matched reading's text, else the text of the nearest predicted
     reading whose centre is within the distance limits (a misread), else None.
     Given every predicted board (``boards``, valid or not: :func:`lpr.plates.read_boards`),
-    a plate not matched also gets ``miss``, one of :data:`MISSES`, and with ``"grammar"``
-    the text that broke it (``read_invalid``).
+    a plate not matched also gets ``miss``, one of :data:`MISSES`, and when a board of its type
+    was read against the grammar, that text (``read_invalid``).
     """
     gt = [b for b in ground_truth_boards if b.valid]
     matched = {j: i for i, j in match_plates(predicted, gt, width_ratio=width_ratio, height_ratio=height_ratio)}
@@ -128,9 +130,11 @@ def _miss(g: PlateReading, near: list[PlateReading]) -> dict:
     if any(b.valid for b in same):
         return {"miss": "misread"}
     both = [b for b in same if b.sub and b.main]
-    if both:
-        return {"miss": "grammar", "read_invalid": both[0].text}
-    return {"miss": "region"}
+    if not both:
+        return {"miss": "region"}
+    text = both[0].text
+    cause = "too_few" if len(text) < len(g.text) else "too_many" if len(text) > len(g.text) else "grammar"
+    return {"miss": cause, "read_invalid": text}
 
 
 def miss_counts(rows: Sequence[dict]) -> dict[str, int]:
@@ -143,5 +147,5 @@ def miss_counts(rows: Sequence[dict]) -> dict[str, int]:
 
 
 def format_misses(counts: dict[str, int]) -> str:
-    """``"not read: 20 board, 1 board_type, 5 region, 12 grammar, 10 misread"`` (one line for logs)."""
+    """``"not read: 20 board, 1 board_type, 5 region, 9 too_few, 2 too_many, 0 grammar, 10 misread"``."""
     return "not read: " + ", ".join(f"{counts.get(cause, 0)} {cause}" for cause in MISSES)
