@@ -97,6 +97,20 @@ def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def one_per_plate(boxes: np.ndarray, order: Sequence[int], share: float = 0.8) -> list[int]:
+    """Which of ``boxes`` (xyxy) remain when each one lying mostly (``share`` of the smaller box) inside
+    a box before it in ``order`` (best first) is dropped: one plate found twice, as a one-line and a
+    two-line board or as a second, looser box around it. Returns the kept indices in ascending order."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    area = box_area_np(boxes)
+    inside = box_inter_np(boxes, boxes) / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+    kept: list[int] = []
+    for i in order:
+        if all(inside[i, k] < share for k in kept):
+            kept.append(int(i))
+    return sorted(kept)
+
+
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float) -> np.ndarray:
     """Greedy NMS; returns kept indices in descending score order (stable for ties)."""
     order = np.argsort(-scores, kind="stable")

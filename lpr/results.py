@@ -18,7 +18,7 @@ import numpy as np
 
 from lpr.data.validate import read_image_bgr
 from lpr.metrics.dv import boundary_polygon
-from lpr.plates import read_plates
+from lpr.plates import one_per_plate, read_plates
 from lpr.zoom import BoardZoom
 
 ImageInput = np.ndarray | str | os.PathLike
@@ -150,12 +150,14 @@ def detections_to_result(
             }
         )
     probs = _numpy(output["char_probs"])[keep] if "char_probs" in output else None
-    plates = [
-        {k: v for k, v in p.to_dict().items() if k != "center"}
-        for p in read_plates(
-            boxes, labels, scores, classes, char_probs=probs, **{**(reading or {}), "score_thr": score_thr}
-        )
-    ]
+    readings = read_plates(
+        boxes, labels, scores, classes, char_probs=probs, **{**(reading or {}), "score_thr": score_thr}
+    )
+    # one reading per plate: a plate read both as a one-line and a two-line board is listed once, as
+    # the board scored higher (EIR scores every reading: the other one counts against plate_precision)
+    best_first = sorted(range(len(readings)), key=lambda i: -readings[i].score)
+    kept = one_per_plate(np.asarray([r.box for r in readings]), best_first)
+    plates = [{k: v for k, v in readings[i].to_dict().items() if k != "center"} for i in kept]
     return {"image": image, "width": width, "height": height, "detections": detections, "plates": plates}
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lpr.plates import box_area_np, box_inter_np, box_iou_np
+from lpr.plates import box_iou_np, one_per_plate
 
 
 def vote(readings: Sequence[tuple[str, float]]) -> tuple[str, float]:
@@ -184,22 +184,15 @@ class PlateTracker:
 
 
 def _one_per_plate(sightings: list[dict], share: float = 0.8) -> list[dict]:
-    """A frame's sightings less each one lying mostly (``share`` of the smaller box) inside a better
-    one: the same board found twice, such as a second, looser box around it that reads the same
-    characters. Readings are better than unread boards, then the higher score; the order is kept."""
+    """A frame's sightings less each one lying mostly inside a better one (:func:`lpr.plates.one_per_plate`):
+    readings are better than unread boards, then the higher score; the order is kept."""
     if len(sightings) < 2:
         return sightings
-    boxes = np.asarray([s["box"] for s in sightings], dtype=np.float64)
-    area = box_area_np(boxes)
-    inside = box_inter_np(boxes, boxes) / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
     better_first = sorted(
         range(len(sightings)), key=lambda i: ("text" not in sightings[i], -sightings[i].get("score", 0.0))
     )
-    kept: list[int] = []
-    for i in better_first:
-        if all(inside[i, k] < share for k in kept):
-            kept.append(i)
-    return [s for i, s in enumerate(sightings) if i in kept]
+    kept = one_per_plate(np.asarray([s["box"] for s in sightings]), better_first, share)
+    return [sightings[i] for i in kept]
 
 
 def _unread_boards(plates: Sequence[dict], boards: Sequence[Sequence[float]]) -> np.ndarray:

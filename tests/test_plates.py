@@ -209,3 +209,22 @@ def test_a_plate_not_read_is_told_why_by_how_far_its_best_attempt_got():
     assert list(miss_counts(rows[:1])) == list(MISSES) and sum(miss_counts(rows[:1]).values()) == 0
     # without the predicted boards only ``read`` says anything
     assert all("miss" not in r for r in plate_report([b for b in boards if b.valid], gt))
+
+
+def test_a_plate_read_as_both_board_types_is_listed_once_by_predict_and_twice_for_eir():
+    from lpr.results import detections_to_result
+
+    dets = one_line() + two_line(x0=200, y0=100)
+    # the same plate also found as a two-line board, its regions where the one-line board's are
+    dets += [("r_board", [-2.0, -2.0, 112.0, 32.0]), ("r_s_n", [4.0, 4.0, 40.0, 26.0]), ("r_m_n", [50, 4, 104, 26])]
+    for r_board_score, kept in ((0.8, "l_board"), (0.95, "r_board")):
+        scores = [r_board_score if n == "r_board" and b[0] < 0 else 0.9 for n, b in dets]
+        assert sorted(r.type for r in _read(dets, scores)) == ["l_board", "r_board", "r_board"]  # EIR scores all
+        output = {
+            "boxes": np.asarray([b for _, b in dets], np.float32),
+            "labels": np.asarray([L[n] for n, _ in dets]),
+            "scores": np.asarray(scores, np.float32),
+        }
+        result = detections_to_result(output, PLATE_CLASSES, image="car.jpg", width=400, height=300)
+        plates = sorted((p["text"], p["type"]) for p in result["plates"])
+        assert plates == [("12a3456", kept), ("98e7654", "r_board")]
