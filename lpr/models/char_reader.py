@@ -96,11 +96,6 @@ class CharReader(nn.Module):
             alone, the choice the plate grammar leaves at reading time (a digit never stands
             in the letter's place), added to the loss with this weight per letter crop, each
             crop counting once in the batch's mean (``0``: none).
-        warp: training crops are drawn anew through a random affine map: width scaled by up to
-            ``1 +- warp``, height by ``1 +- warp / 2``, slanted by up to ``warp`` (shear) and turned
-            by up to ``warp / 2`` radians, as other faces and poses would draw the character.
-        stroke: the share of training crops whose strokes are thickened or thinned: blended by a random
-            amount with their 3x3 max or min filter (light or dark strokes grow).
     """
 
     def __init__(
@@ -114,8 +109,6 @@ class CharReader(nn.Module):
         background: bool = False,
         letter_labels: Sequence[int] = (),
         letter_weight: float = 0.0,
-        warp: float = 0.0,
-        stroke: float = 0.0,
     ) -> None:
         super().__init__()
         if not char_labels:
@@ -138,7 +131,6 @@ class CharReader(nn.Module):
         self.register_buffer("letter_place", place, persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
         self.letter_weight = letter_weight
-        self.warp, self.stroke = warp, stroke
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -148,35 +140,11 @@ class CharReader(nn.Module):
         """``(len(labels), characters)``: which of the reader's characters each label is."""
         return labels[:, None] == self.char_labels[None, :]
 
-    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor], distort: bool = False) -> torch.Tensor:
-        """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``);
-        ``distort``: the crops warped and their strokes changed as ``warp`` and ``stroke`` say."""
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
         squares = [square_boxes(b, self.context).to(images.dtype) for b in boxes]
         crops = roi_align(images, squares, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        if distort:
-            crops = self._distort(crops)
         return self.classifier(self.features(crops))
-
-    def _distort(self, crops: torch.Tensor) -> torch.Tensor:
-        n = len(crops)
-        if self.warp:
-            u = (torch.rand(n, 4, device=crops.device) * 2 - 1) * self.warp
-            sx, sy, shear, angle = 1 + u[:, 0], 1 + u[:, 1] / 2, u[:, 2], u[:, 3] / 2
-            cos, sin = angle.cos(), angle.sin()
-            # output -> input sampling: rotate, slant, then scale (the inverse of drawing it larger)
-            theta = torch.zeros(n, 2, 3, device=crops.device)
-            theta[:, 0, 0], theta[:, 0, 1] = cos / sx, (-sin + shear * cos) / sx
-            theta[:, 1, 0], theta[:, 1, 1] = sin / sy, (cos + shear * sin) / sy
-            grid = F.affine_grid(theta.to(crops.dtype), list(crops.shape), align_corners=False)
-            crops = F.grid_sample(crops, grid, padding_mode="border", align_corners=False)
-        if self.stroke:
-            grow = F.max_pool2d(crops, 3, 1, 1)
-            shrink = -F.max_pool2d(-crops, 3, 1, 1)
-            pick = torch.rand(n, 1, 1, 1, device=crops.device)
-            amount = torch.rand(n, 1, 1, 1, device=crops.device) * (pick < self.stroke)
-            filtered = torch.where(pick < self.stroke / 2, grow, shrink)
-            crops = crops + amount.to(crops.dtype) * (filtered - crops)
-        return crops
 
     def loss(
         self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], negatives: list[torch.Tensor] | None = None
@@ -201,7 +169,7 @@ class CharReader(nn.Module):
                 classes[-1] = torch.cat([classes[-1], not_a_char])
         if sum(len(b) for b in boxes) == 0:  # no characters in this batch: a zero that still reaches every weight
             return sum(p.sum() for p in self.parameters()) * 0.0
-        logits, classes = self(images, boxes, distort=bool(self.warp or self.stroke)).float(), torch.cat(classes)
+        logits, classes = self(images, boxes).float(), torch.cat(classes)
         loss = F.cross_entropy(logits, classes)
         if self.letter_weight:
             place = self.letter_place[classes]
