@@ -173,7 +173,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             raise
         signame = "SIGTERM" if trainer.received_sigterm else "SIGINT"
         raise TrainingInterrupted(signame, objects) from e
-    if cfg.get("final_full_validation") and trainer.limit_val_batches != 1.0 and not trainer.interrupted:
+    if cfg.get("final_full_validation") and _validates_a_subset(trainer.limit_val_batches) and not trainer.interrupted:
         # Rounds during training use a fixed subset (trainer.limit_val_batches); the last one sees it all.
         log.info("Final validation on the full validation split")
         trainer.limit_val_batches = 1.0
@@ -181,6 +181,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return metrics, objects
+
+
+def _validates_a_subset(limit: int | float) -> bool:
+    """Whether Lightning's ``limit_val_batches`` validates part of the split: a share in (0, 1) or a
+    count of batches (an int; 1 is one batch, 1.0 all of them), not 0 (no validation)."""
+    return 0.0 < limit < 1.0 if isinstance(limit, float) else limit > 0
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, float], best: dict[str, dict]) -> float | None:

@@ -32,6 +32,7 @@ def _cmd(out, data, *extra, steps=STEPS):
         "callbacks.progress.every_n_steps=1",
         f"paths.output_dir={out}",
         f"paths.data_dir={data}",
+        "trainer.limit_val_batches=0",  # no validation, and so no final one either: resuming is what is tested
         *extra,
     ]
 
@@ -61,7 +62,9 @@ def test_sigterm_saves_last_and_resume_reaches_the_same_step(tmp_path):
     resumed = subprocess.run(_cmd(out, data, "ckpt_path=last"), cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "job_summary.json").read_text())["status"] == "completed"
-    assert f"step {STEPS}/" in (out / "train.log").read_text(), "the resumed run's log goes on in the same file"
+    train_log = (out / "train.log").read_text()
+    assert f"step {STEPS}/" in train_log, "the resumed run's log goes on in the same file"
+    assert "validation" not in train_log.lower(), "limit_val_batches=0 validates nothing, not even at the end"
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == STEPS  # what an uninterrupted run of the same length ends with
     assert final["optimizer_states"][0]["state"], "optimizer state carried over"

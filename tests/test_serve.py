@@ -56,7 +56,7 @@ def serving(ckpt: Path, *args: str):
 def server(fast_run):
     args = "max_upload_mb=1", "max_pixels=1000000", "batch_size=8"
     args += ("roi=[0,0,384,288]",)  # the whole of the set's images: what a wider frame shows beyond it is not read
-    args += ("timeout_s=120",)  # the last of 50 requests sent at once waits for 6 batches: over 30 s on 2 cores in fp32
+    args += ("timeout_s=120",)  # the last of 24 requests sent at once waits for 3 batches: over 10 s on 2 cores in fp32
     with serving(fast_run[0] / "checkpoints" / "last.ckpt", *args) as url:
         yield url
 
@@ -111,18 +111,18 @@ def test_bad_uploads_get_one_clear_4xx_each(server, synth_dir):
     assert httpx.post(f"{server}/read", files={"other": ("a.jpg", good)}, timeout=60).status_code == 400
 
 
-def test_fifty_concurrent_requests_are_all_answered_in_batches(server, synth_dir):
+def test_two_dozen_concurrent_requests_are_all_answered_in_batches(server, synth_dir):
     images = [p.read_bytes() for p in sorted((synth_dir / "images" / "val").glob("*.jpg"))]
     before = httpx.get(f"{server}/health").json()["batches"]
 
     def one(i: int) -> int:
         return httpx.post(f"{server}/read", content=images[i % len(images)], timeout=300).status_code
 
-    with ThreadPoolExecutor(50) as pool:
-        codes = list(pool.map(one, range(50)))
-    assert codes == [200] * 50
+    with ThreadPoolExecutor(24) as pool:
+        codes = list(pool.map(one, range(24)))
+    assert codes == [200] * 24
     health = httpx.get(f"{server}/health").json()
-    assert health["status"] == "ok" and health["batches"] - before < 50  # some requests shared a forward pass
+    assert health["status"] == "ok" and health["batches"] - before < 24  # some requests shared a forward pass
 
 
 def test_a_request_not_read_in_time_gets_504_and_the_service_goes_on(fast_run, synth_dir):

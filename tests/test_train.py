@@ -16,7 +16,7 @@ from lpr.config_check import logged_keys
 from lpr.data.synth import PLATE_CLASSES
 from lpr.models.transfer import CLASS_HEADS
 from lpr.plates import is_character_class
-from lpr.train import build_module, train
+from lpr.train import _validates_a_subset, build_module, train
 
 VAL_TAGS = [
     "val/mAP",
@@ -177,3 +177,9 @@ def test_resume_refuses_other_classes(fast_run, tmp_path):
     cfg = compose_cfg(tmp_path)
     with pytest.raises(ValueError, match="init_from="):
         build_module(cfg, ["0", "1"], str(out / "checkpoints" / "last.ckpt"))
+
+
+def test_the_final_full_validation_follows_a_subset_not_no_validation():
+    # Lightning's limit_val_batches: a float is a share of the split, an int a count of batches
+    assert [_validates_a_subset(v) for v in (0.25, 20, 1)] == [True, True, True]
+    assert [_validates_a_subset(v) for v in (0, 0.0, 1.0)] == [False, False, False]
