@@ -10,6 +10,7 @@ import pytest
 from lpr.data.synth import PLATE_CLASSES
 from lpr.metrics.eir import MISSES, match_plates, miss_counts, plate_counts, plate_report
 from lpr.plates import DEFAULT_SUB_PATTERN, PlateReading, fit_pattern, read_boards, read_plates
+from lpr.results import detections_to_result
 
 L = {name: i + 1 for i, name in enumerate(PLATE_CLASSES)}
 
@@ -212,8 +213,6 @@ def test_a_plate_not_read_is_told_why_by_how_far_its_best_attempt_got():
 
 
 def test_a_plate_read_as_both_board_types_is_listed_once_by_predict_and_twice_for_eir():
-    from lpr.results import detections_to_result
-
     dets = one_line() + two_line(x0=200, y0=100)
     # the same plate also found as a two-line board, its regions where the one-line board's are
     dets += [("r_board", [-2.0, -2.0, 112.0, 32.0]), ("r_s_n", [4.0, 4.0, 40.0, 26.0]), ("r_m_n", [50, 4, 104, 26])]
