@@ -179,10 +179,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _positive_numbers(v: Any) -> bool:
-    return isinstance(v, ListConfig | list | tuple) and len(v) > 0 and all(is_number(x) and x > 0 for x in v)
-
-
 _MODEL_COUNTS = (
     "transform.min_size",
     "transform.max_size",
@@ -218,7 +214,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.net.zoom.min_score", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.train_zoom", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.char_reader.letter_weight", lambda v: is_number(v) and v >= 0, "a number >= 0"),
-    ("model.net.char_reader.read_scales", _positive_numbers, "a list of one or more numbers > 0"),
     *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
     *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),
     ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),

@@ -1,7 +1,7 @@
 """How a checkpoint's plates read under other character NMS thresholds and score weights, and why they fail.
 
     python scripts/char_scoring.py CKPT [--nms 0.5 0.3] [--weight 0 0.5 1] [--cover none 0.6]
-        [--char-thr 0.5] [--grammar on off] [--zoom on off] [--scales 1 1,0.85,1.15] [--data-root DIR]
+        [--char-thr 0.5] [--grammar on off] [--zoom on off] [--data-root DIR]
 
 For every combination, the checkpoint's reading heads
 (:class:`lpr.models.char_reader.ReadingRoIHeads`) are set to that character NMS
@@ -23,10 +23,7 @@ EIR and predict do (a region whose first-choice characters break its pattern rea
 as the likeliest text that fits, from the detections' ``char_probs``) and from the
 labels alone. ``--zoom on off`` reads with and without the second look at small
 boards (:mod:`lpr.zoom`: the checkpoint's own settings, or the defaults of
-:class:`lpr.zoom.BoardZoom` for a checkpoint trained without them). ``--scales``
-reads with each list of the reader's crop sizes (``read_scales`` of
-:class:`lpr.models.char_reader.CharReader`, e.g. ``1`` once, ``1,0.85,1.15`` three
-times with the probabilities averaged; by default the checkpoint's own). First it
+:class:`lpr.zoom.BoardZoom` for a checkpoint trained without them). First it
 prints, per split of the data set, the
 largest IoU between two ground-truth characters of one image, and the largest
 share of one's area another covers: how low the characters' NMS and cover
@@ -116,10 +113,6 @@ def main() -> None:
         "--zoom", nargs="+", choices=("on", "off"), default=["on"],
         help="on: small boards read again, enlarged (lpr.zoom); off: one pass",
     )  # fmt: skip
-    parser.add_argument(
-        "--scales", type=lambda v: tuple(float(s) for s in v.split(",")), nargs="+", default=None,
-        help="the reader's crop sizes, comma-separated, one list per setting (default: the checkpoint's own)",
-    )  # fmt: skip
     parser.add_argument("--data-root", default=None, help="a COCO data set with the checkpoint's classes")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
@@ -166,14 +159,11 @@ def main() -> None:
         "on": with_zoom(module.model.zoom, classes, True),
         "off": None,
     }
-    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'zoom':>4} {'scales':>14} {'chars':>5} {'grammar':>7} "
-    header += f"{'EIR':>6} {'read':>7} {'precision':>9} "
+    header = f"{'nms':>5} {'cover':>5} {'weight':>6} {'zoom':>4} {'chars':>5} {'grammar':>7} {'EIR':>6} {'read':>7} "
+    header += f"{'precision':>9} "
     print(header + " ".join(f"{k:>14}" for k in kinds))
-    for nms, cover, weight, zoom, scales in itertools.product(
-        args.nms, args.cover, weights, args.zoom, args.scales or [heads.reader.read_scales]
-    ):
+    for nms, cover, weight, zoom in itertools.product(args.nms, args.cover, weights, args.zoom):
         heads.char_nms_thresh, heads.char_cover_thresh, heads.score_weight = nms, cover, weight
-        heads.reader.read_scales = scales
         module.model.zoom = zooms[zoom]
         with torch.inference_mode():
             predicted = [(module(images), targets) for images, targets in batches]
@@ -194,8 +184,7 @@ def main() -> None:
             values = eir.compute()
             read_share = f"{values['counts']['matched']:3d}/{values['counts']['gt']:<3d}"
             print(
-                f"{nms:5.2f} {'none' if cover is None else f'{cover:.2f}':>5} {weight:6.2f} {zoom:>4} "
-                f"{','.join(f'{s:g}' for s in scales):>14} {char_thr:5.2f} "
+                f"{nms:5.2f} {'none' if cover is None else f'{cover:.2f}':>5} {weight:6.2f} {zoom:>4} {char_thr:5.2f} "
                 f"{grammar:>7} "
                 f"{values['EIR']:6.3f} {read_share} "
                 f"{values['plate_precision']:9.3f} " + " ".join(f"{failures[k]:14d}" for k in kinds),

@@ -41,33 +41,6 @@ def test_square_boxes_keep_the_centre_and_take_the_longer_side_plus_context():
     assert squares.tolist() == [[-10.0, 10.0, 50.0, 70.0]]  # 40 * (1 + 2 * 0.25) = 60 around (20, 40)
 
 
-def test_read_scales_average_the_readings_of_larger_and_smaller_crops():
-    torch.manual_seed(0)
-    once = CharReader([1, 2, 3], **TINY_READER).eval()
-    thrice = CharReader([1, 2, 3], **TINY_READER, read_scales=[1.0, 0.8, 1.25]).eval()
-    thrice.load_state_dict(once.state_dict())
-    images = torch.rand(2, 3, 64, 64)
-    boxes = [torch.tensor([[10.0, 12.0, 20.0, 30.0]]), torch.tensor([[30.0, 30.0, 44.0, 50.0], [5.0, 5.0, 9.0, 12.0]])]
-    # one size: the plain forward pass, whose crop at scale s is the square of side s times the trained one
-    _, _, probs = once.read(images, boxes)
-    assert torch.allclose(probs, torch.softmax(once(images, boxes), -1))
-    logits = [once(images, boxes, s) for s in (1.0, 0.8, 1.25)]
-    assert not torch.allclose(logits[0], logits[1])  # the crops differ
-    mean = torch.stack([torch.softmax(x, -1) for x in logits]).mean(0)
-    labels, charness, probs = thrice.read(images, boxes)
-    assert torch.allclose(probs, mean, atol=1e-6) and torch.equal(labels, torch.tensor([1, 2, 3])[mean.argmax(1)])
-    assert torch.allclose(charness, torch.ones(3))  # no "not a character" output
-    with pytest.raises(ValueError, match=r"read_scales=\[\] must be one or more numbers > 0"):
-        CharReader([1], read_scales=[])
-    with pytest.raises(ValueError, match=r"read_scales=\[1.0, 0\]"):
-        CharReader([1], read_scales=[1.0, 0])
-
-
-def test_square_boxes_scale_the_square_about_the_centre():
-    squares = square_boxes(torch.tensor([[10.0, 20.0, 30.0, 60.0]]), context=0.25, scale=0.5)
-    assert squares.tolist() == [[5.0, 25.0, 35.0, 55.0]]  # 60 * 0.5 = 30 around (20, 40)
-
-
 def test_reader_loss_is_on_the_character_targets_in_its_own_label_order():
     reader = CharReader([4, 2, 7], **TINY_READER, jitter=0.0)  # outputs 0, 1, 2 = labels 4, 2, 7
     images = torch.rand(1, 3, 64, 64)

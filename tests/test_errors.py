@@ -57,7 +57,6 @@ def _cfg(*overrides: str):
         ("model.net.zoom.max_scale=0", r"model\.net\.zoom\.max_scale=0: must be a number > 0"),
         ("model.net.train_zoom=1.5", r"model\.net\.train_zoom=1\.5: must be a number in \[0, 1\]"),
         ("model.net.char_reader.letter_weight=-1", r"letter_weight=-1: must be a number >= 0"),
-        ("model.net.char_reader.read_scales=[1,0]", r"read_scales=\[1, 0\]: must be a list of one or more numbers > 0"),
         ("model.net.zoom=null model.net.train_zoom=0.5", r"model\.net\.train_zoom trains on .* needs model\.net\.zoom"),
     ],
 )

@@ -70,11 +70,10 @@ def _scripted_greedy_keep() -> Callable[[torch.Tensor], torch.Tensor]:
         return torch.jit.script(greedy_keep)
 
 
-def square_boxes(boxes: torch.Tensor, context: float, scale: float = 1.0) -> torch.Tensor:
-    """Squares around the boxes' centres, the longer side plus ``context`` of it on each side, all
-    times ``scale``."""
+def square_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
+    """Squares around the boxes' centres, the longer side plus ``context`` of it on each side."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]).amax(1, keepdim=True) * ((0.5 + context) * scale)
+    half = (boxes[:, 2:] - boxes[:, :2]).amax(1, keepdim=True) * (0.5 + context)
     return torch.cat([centre - half, centre + half], 1)
 
 
@@ -97,10 +96,6 @@ class CharReader(nn.Module):
             alone, the choice the plate grammar leaves at reading time (a digit never stands
             in the letter's place), added to the loss with this weight per letter crop, each
             crop counting once in the batch's mean (``0``: none).
-        read_scales: at reading time each box is read at each of these sizes (its crop's side
-            times the scale, about the box's centre) and the probabilities averaged: a detected
-            box a little too small or too large for its character is also read at the size that
-            suits it. ``(1.0,)``: read once, as trained.
     """
 
     def __init__(
@@ -114,7 +109,6 @@ class CharReader(nn.Module):
         background: bool = False,
         letter_labels: Sequence[int] = (),
         letter_weight: float = 0.0,
-        read_scales: Sequence[float] = (1.0,),
     ) -> None:
         super().__init__()
         if not char_labels:
@@ -123,8 +117,6 @@ class CharReader(nn.Module):
             raise ValueError(f"letter_labels {list(letter_labels)} must be among char_labels {list(char_labels)}")
         if not letter_weight >= 0:
             raise ValueError(f"char_reader.letter_weight={letter_weight} must be a number >= 0")
-        if not read_scales or not all(s > 0 for s in read_scales):
-            raise ValueError(f"char_reader.read_scales={list(read_scales)} must be one or more numbers > 0")
         if letter_weight and not letter_labels:
             raise ValueError(
                 f"char_reader.letter_weight={letter_weight} trains the letters among themselves, but no character "
@@ -138,7 +130,7 @@ class CharReader(nn.Module):
         place[self.letters] = torch.arange(len(letters))
         self.register_buffer("letter_place", place, persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
-        self.letter_weight, self.read_scales = letter_weight, tuple(float(s) for s in read_scales)
+        self.letter_weight = letter_weight
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -148,10 +140,9 @@ class CharReader(nn.Module):
         """``(len(labels), characters)``: which of the reader's characters each label is."""
         return labels[:, None] == self.char_labels[None, :]
 
-    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor], scale: float = 1.0) -> torch.Tensor:
-        """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``),
-        each crop's side ``scale`` times the one trained on."""
-        squares = [square_boxes(b, self.context, scale).to(images.dtype) for b in boxes]
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
+        squares = [square_boxes(b, self.context).to(images.dtype) for b in boxes]
         crops = roi_align(images, squares, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return self.classifier(self.features(crops))
 
@@ -191,9 +182,8 @@ class CharReader(nn.Module):
     def read(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All images' boxes concatenated: the label of each box's most likely character, the
         probability that it is a character at all (1 without ``background``), and ``(boxes,
-        characters)`` the probability of each character (in ``char_labels`` order) if it is one; each
-        the mean over ``read_scales``."""
-        probs = torch.stack([F.softmax(self(images, boxes, s).float(), -1) for s in self.read_scales]).mean(0)
+        characters)`` the probability of each character (in ``char_labels`` order) if it is one."""
+        probs = F.softmax(self(images, boxes).float(), -1)
         n = len(self.char_labels)
         charness = probs[:, :n].sum(1)
         chars = probs[:, :n] / charness.clamp(min=torch.finfo(probs.dtype).tiny)[:, None]
