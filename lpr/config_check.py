@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lpr.data.validate import is_number
+from lpr.data.validate import is_int, is_number
 from lpr.results import check_roi
 
 
@@ -175,10 +175,6 @@ def instantiate_checked(cfg: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"{key.group(1) + ': ' if key else ''}{cause}") from e
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 _MODEL_COUNTS = (
     "transform.min_size",
     "transform.max_size",
@@ -196,15 +192,15 @@ _MODEL_FRACTIONS = tuple(
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.optimizer.lr", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("model.optimizer.weight_decay", lambda v: is_number(v) and v >= 0, "a number >= 0"),
-    ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("data.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("data.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    ("data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     ("data.check_images", lambda v: v in ("full", "header", "none"), "'full', 'header' or 'none'"),
-    ("data.max_image_pixels", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
+    ("data.max_image_pixels", lambda v: is_int(v) and v >= 1, "an integer >= 1, or null"),
     ("data.allow_outside_root", lambda v: isinstance(v, bool), "true or false"),
-    ("trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
-    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
-    ("model.metrics.dv.k", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("model.metrics.dv.min_points", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("trainer.max_epochs", lambda v: is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
+    ("trainer.max_steps", lambda v: is_int(v) and (v >= 1 or v == -1), "an integer >= 1, or -1"),
+    ("model.metrics.dv.k", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    ("model.metrics.dv.min_points", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("model.metrics.plates.score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.metrics.plates.char_nms_iou", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.rpn.anchor_scale", lambda v: is_number(v) and v > 0, "a number > 0"),
@@ -214,9 +210,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.net.zoom.min_score", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.train_zoom", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("model.net.char_reader.letter_weight", lambda v: is_number(v) and v >= 0, "a number >= 0"),
-    *((f"model.net.{k}", lambda v: _is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
+    *((f"model.net.{k}", lambda v: is_int(v) and v >= 1, "an integer >= 1") for k in _MODEL_COUNTS),
     *((f"model.net.{k}", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]") for k in _MODEL_FRACTIONS),
-    ("torch_threads", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
+    ("torch_threads", lambda v: is_int(v) and v >= 1, "an integer >= 1, or null"),
 ]
 
 
@@ -231,27 +227,27 @@ def _is_roi(v: Any) -> bool:
 # lpr.predict's options; a key absent or null is not checked.
 PREDICT_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("score_thr", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1], or null"),
-    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("draw", lambda v: isinstance(v, bool), "true or false"),
-    ("every_n_frames", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("max_frames", lambda v: _is_int(v) and v >= 1, "an integer >= 1, or null"),
-    ("max_side", lambda v: _is_int(v) and v >= 32, "an integer >= 32"),
+    ("every_n_frames", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    ("max_frames", lambda v: is_int(v) and v >= 1, "an integer >= 1, or null"),
+    ("max_side", lambda v: is_int(v) and v >= 32, "an integer >= 32"),
     ("roi", _is_roi, "[x, y, width, height] in pixels: integers, x and y >= 0, width and height >= 32; or null"),
     ("zoom", lambda v: isinstance(v, bool), "true or false, or null"),
     ("track.iou_thresh", lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("track.max_gap", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("track.min_readings", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("track.max_gap", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    ("track.min_readings", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
 ]
 
 
 # lpr.serve's options; a key absent or null is not checked.
 SERVE_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     *(rule for rule in PREDICT_RULES if rule[0] in ("score_thr", "max_side", "roi", "zoom")),
-    ("port", lambda v: _is_int(v) and 0 <= v <= 65535, "an integer in [0, 65535]"),
-    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("port", lambda v: is_int(v) and 0 <= v <= 65535, "an integer in [0, 65535]"),
+    ("batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     ("batch_wait_ms", lambda v: is_number(v) and v >= 0, "a number >= 0"),
     ("max_upload_mb", lambda v: is_number(v) and v > 0, "a number > 0"),
-    ("max_pixels", lambda v: _is_int(v) and v >= 1024, "an integer >= 1024"),
+    ("max_pixels", lambda v: is_int(v) and v >= 1024, "an integer >= 1024"),
     ("timeout_s", lambda v: is_number(v) and v > 0, "a number > 0"),
 ]
 

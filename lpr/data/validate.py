@@ -69,7 +69,7 @@ def _check_segmentation(seg, ann_id, width: int, height: int) -> str | None:
         if not (
             isinstance(size, list)
             and len(size) == 2
-            and (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(c) for c in counts)))
+            and (isinstance(counts, str) or (isinstance(counts, list) and all(is_int(c) for c in counts)))
         ):
             return f"annotation {ann_id}: RLE segmentation needs 'size' [h, w] and 'counts' (a string or integers)"
         if list(size) != [height, width]:
@@ -167,11 +167,11 @@ def validate_coco(
     # Structure first: everything below indexes by integer ids.
     for what, items in (("image", images), ("annotation", annotations), ("category", categories)):
         for i, item in enumerate(items):
-            if not isinstance(item, dict) or not _is_int(item.get("id")):
+            if not isinstance(item, dict) or not is_int(item.get("id")):
                 problems.append(f"{what} #{i}: must be an object with an integer 'id', got {str(item)[:80]}")
     for im in images:
         if isinstance(im, dict) and not (
-            _is_int(im.get("width")) and _is_int(im.get("height")) and isinstance(im.get("file_name"), str)
+            is_int(im.get("width")) and is_int(im.get("height")) and isinstance(im.get("file_name"), str)
         ):
             problems.append(f"image {im.get('id')}: needs integer 'width', 'height' and a 'file_name'")
         elif isinstance(im, dict):
@@ -180,7 +180,7 @@ def validate_coco(
         if isinstance(c, dict) and not isinstance(c.get("name"), str):
             problems.append(f"category {c.get('id')}: needs a string 'name', got {c.get('name')!r}")
     for a in annotations:
-        if isinstance(a, dict) and not (_is_int(a.get("image_id")) and _is_int(a.get("category_id"))):
+        if isinstance(a, dict) and not (is_int(a.get("image_id")) and is_int(a.get("category_id"))):
             problems.append(f"annotation {a.get('id')}: needs integer 'image_id' and 'category_id'")
     if problems:
         _raise(source, problems)
@@ -237,7 +237,8 @@ def validate_coco(
         _raise(source, problems)
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+    """An int that is not a bool (JSON's and YAML's true/false)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
