@@ -181,7 +181,6 @@ _MODEL_COUNTS = (
     "rpn.batch_size_per_image",
     "roi_heads.batch_size_per_image",
     "roi_heads.detections_per_img",
-    "char_reader.letter_copies",
 )
 _MODEL_FRACTIONS = tuple(
     f"roi_heads.{k}"

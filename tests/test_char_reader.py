@@ -81,29 +81,6 @@ def test_letter_weight_adds_the_letters_crops_read_among_the_letters_alone():
         CharReader([1, 2], letter_labels=[2], letter_weight=-1.0)
 
 
-def test_letter_copies_read_each_letter_box_again_jittered_on_its_own():
-    # outputs 0..3 = labels 1, 2 (digits), 5, 6 (letters); one digit crop, one letter crop, one not a character
-    images = torch.rand(1, 3, 64, 64)
-    target = {
-        "boxes": torch.tensor([[10.0, 10.0, 20.0, 30.0], [30.0, 10.0, 40.0, 30.0], [0.0, 0.0, 60.0, 40.0]]),
-        "labels": torch.tensor([1, 5, 9]),
-    }
-    reader = CharReader([1, 2, 5, 6], **TINY_READER, jitter=0.1, letter_labels=[5, 6], letter_copies=3)
-    seen = []
-    reader.register_forward_hook(lambda module, args, out: seen.append(args[1][0]))
-    force_reader(reader, 0)  # every crop read as label 1: the digit right, the letter's three crops 40 each
-    assert reader.loss(images, [target]).item() == pytest.approx(3 * 40.0 / 4, rel=1e-3)
-    boxes = seen[0]
-    assert len(boxes) == 4  # the digit, the letter and its two copies
-    letter = target["boxes"][1]
-    for copy in boxes[1:]:  # each near the letter's box (10 x 20): shifted and its half-size changed by 0.1 of it
-        assert (copy - letter).abs().max() <= 1.5 * 0.1 * 20 + 1e-4
-    assert len({tuple(b.tolist()) for b in boxes[1:]}) == 3  # jittered each on its own
-    for bad in (0, 1.5):
-        with pytest.raises(ValueError, match=rf"letter_copies={bad} must be an integer >= 1"):
-            CharReader([1, 2], letter_labels=[2], letter_copies=bad)
-
-
 def test_reading_heads_sum_the_character_probabilities_and_let_the_reader_name_the_box():
     # labels 1 and 2 are characters, 3 a board; the box classifier splits every proposal 0.45 / 0.45 / 0.1,
     # so on its own no character would pass a 0.5 score threshold

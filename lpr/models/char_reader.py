@@ -96,9 +96,6 @@ class CharReader(nn.Module):
             alone, the choice the plate grammar leaves at reading time (a digit never stands
             in the letter's place), added to the loss with this weight per letter crop, each
             crop counting once in the batch's mean (``0``: none).
-        letter_copies: each letter's box is read this many times in training, each copy jittered
-            on its own: the type letter is one character in seven or eight, split over three
-            scripts, and the likeliest to be misread.
     """
 
     def __init__(
@@ -112,7 +109,6 @@ class CharReader(nn.Module):
         background: bool = False,
         letter_labels: Sequence[int] = (),
         letter_weight: float = 0.0,
-        letter_copies: int = 1,
     ) -> None:
         super().__init__()
         if not char_labels:
@@ -121,8 +117,6 @@ class CharReader(nn.Module):
             raise ValueError(f"letter_labels {list(letter_labels)} must be among char_labels {list(char_labels)}")
         if not letter_weight >= 0:
             raise ValueError(f"char_reader.letter_weight={letter_weight} must be a number >= 0")
-        if not (isinstance(letter_copies, int) and letter_copies >= 1):
-            raise ValueError(f"char_reader.letter_copies={letter_copies} must be an integer >= 1")
         if letter_weight and not letter_labels:
             raise ValueError(
                 f"char_reader.letter_weight={letter_weight} trains the letters among themselves, but no character "
@@ -136,7 +130,7 @@ class CharReader(nn.Module):
         place[self.letters] = torch.arange(len(letters))
         self.register_buffer("letter_place", place, persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
-        self.letter_weight, self.letter_copies = letter_weight, letter_copies
+        self.letter_weight = letter_weight
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -162,16 +156,12 @@ class CharReader(nn.Module):
         for i, t in enumerate(targets):
             is_char = self.reads(t["labels"])
             keep = is_char.any(1)
-            b, cls = t["boxes"][keep], is_char[keep].int().argmax(1)
-            if self.letter_copies > 1:  # each letter read from several independently jittered boxes
-                on_letter = self.letter_place[cls] >= 0
-                b = torch.cat([b, b[on_letter].repeat(self.letter_copies - 1, 1)])
-                cls = torch.cat([cls, cls[on_letter].repeat(self.letter_copies - 1)])
+            b = t["boxes"][keep]
             wh = b[:, 2:] - b[:, :2]
             shift = (torch.rand_like(wh) * 2 - 1) * self.jitter * wh
             scale = 1 + (torch.rand_like(wh) * 2 - 1) * self.jitter
             centre = (b[:, :2] + b[:, 2:]) / 2 + shift
-            classes.append(cls)
+            classes.append(is_char[keep].int().argmax(1))
             boxes.append(torch.cat([centre - wh * scale / 2, centre + wh * scale / 2], 1))
             if self.background and negatives is not None:
                 boxes[-1] = torch.cat([boxes[-1], negatives[i]])
