@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 import lpr
+from lpr.config_check import target_error
 from lpr.models.module import MaskRCNNModule
 
 
@@ -239,6 +241,27 @@ def current_hparams(hparams: dict, path: str | os.PathLike) -> dict:
     return hparams
 
 
+def module_of(ckpt: dict, path: str | os.PathLike) -> MaskRCNNModule:
+    """The LightningModule that checkpoint ``ckpt`` (read from ``path``) describes, its weights not loaded.
+
+    Raises:
+        CheckpointError: its model config does not build in this lpr (a key or a class of a
+            newer one, or an option this one retired).
+    """
+    try:
+        return MaskRCNNModule(**current_hparams(ckpt["hyper_parameters"], path))
+    except InstantiationException as e:
+        cause = target_error(e)
+        if not isinstance(cause, ValueError | TypeError | ImportError):
+            raise
+        why = str(e).split(", set env var")[0] if isinstance(cause, ImportError) else str(cause)
+        written = (ckpt["lpr"].get("versions") or {}).get("lpr", "an unknown version")
+        raise CheckpointError(
+            f"checkpoint {path}: its model config does not build in lpr {lpr.__version__} (it was written by "
+            f"lpr {written}): {why}"
+        ) from None
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model of an lpr checkpoint, with no conf/ dir and no data set.
 
@@ -250,11 +273,12 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
         A :class:`LoadedCheckpoint` whose ``model`` is in eval mode.
 
     Raises:
-        CheckpointError: the file is missing, truncated, not an lpr checkpoint, or its
-            weights do not fit the model its own config describes.
+        CheckpointError: the file is missing, truncated, not an lpr checkpoint, its model
+            config does not build in this lpr (a key or class of a newer one), or its weights
+            do not fit the model its own config describes.
     """
     ckpt = read_checkpoint(path, map_location)
-    module = MaskRCNNModule(**current_hparams(ckpt["hyper_parameters"], path))
+    module = module_of(ckpt, path)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -166,13 +166,21 @@ def instantiate_checked(cfg: Any, **kwargs: Any) -> Any:
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as e:
-        cause: BaseException = e
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
+        cause = target_error(e)
         if not isinstance(cause, ValueError | TypeError):
             raise
         key = re.search(r"full_key: (\S+)", str(e))
         raise ConfigError(f"{key.group(1) + ': ' if key else ''}{cause}") from e
+
+
+def target_error(e: InstantiationException) -> BaseException:
+    """What a ``_target_`` raised under Hydra's wrapping: a ``ValueError`` or ``TypeError`` where it
+    refused its values (a value out of range, a key it does not take), an ``ImportError`` where
+    the target itself could not be found."""
+    cause: BaseException = e
+    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause
 
 
 _MODEL_COUNTS = (

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lpr.callbacks.checkpoint import CheckpointMetadata
 from lpr.callbacks.consistency import ConsistencyError
-from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, current_hparams, read_checkpoint
+from lpr.checkpoint import AtomicCheckpointIO, CheckpointError, module_of, read_checkpoint
 from lpr.config_check import (
     ConfigError,
     RunFolderInUse,
@@ -85,14 +85,14 @@ def build_module(cfg: DictConfig, classes: list[str], ckpt_path: str | None) -> 
     """The LightningModule: from the checkpoint's own hyperparameters on resume, else from ``cfg.model``."""
     if ckpt_path:
         ckpt = read_checkpoint(ckpt_path)
-        hparams = current_hparams(ckpt["hyper_parameters"], ckpt_path)
-        if list(hparams["classes"]) != list(classes):
+        trained_on = ckpt["hyper_parameters"]["classes"]
+        if list(trained_on) != list(classes):
             raise ValueError(
-                f"cannot resume {ckpt_path}: it was trained on classes {hparams['classes']} but the data set "
+                f"cannot resume {ckpt_path}: it was trained on classes {trained_on} but the data set "
                 f"has {classes}. To train on a new class list, start a new run with init_from={ckpt_path}"
             )
         log.info("Resuming %s with the model config stored in it", ckpt_path)
-        return MaskRCNNModule(**hparams)
+        return module_of(ckpt, ckpt_path)
     module = instantiate_checked(cfg.model, classes=classes, _recursive_=False)
     if cfg.get("init_from"):
         src = read_checkpoint(cfg.init_from)

@@ -24,6 +24,7 @@ from lpr.models.heads import LevelRPN
 from lpr.models.module import MaskRCNNModule
 from lpr.models.schedules import warmup_cosine
 from lpr.models.transform import DetectionTransform
+from lpr.train import build_module
 
 NET = tiny_net(transform={"min_size": 288, "max_size": 384})
 # model.net as lpr 0.2.0 stored it for +experiment=plate: one builder taking flags
@@ -210,12 +211,31 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 
 def test_checkpoint_of_another_model_is_named(fast_run, tmp_path):
-    """Weights that do not fit the model its own config describes (e.g. from another architecture)."""
+    """Weights that do not fit the model its own config describes (e.g. from another architecture), and a
+    config this lpr cannot build (e.g. from a newer one)."""
     ckpt = torch.load(fast_run[0] / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt["hyper_parameters"]["net"]["box_head"]["representation_size"] = 256  # the stored weights are for 512
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match=r"other\.ckpt: weights do not fit the model its config describes"):
+        load(other)
+    # a model config this lpr cannot build, as a newer lpr may write: an option it does not take, a class it lacks
+    ckpt["hyper_parameters"]["net"]["box_head"]["representation_size"] = 512
+    ckpt["hyper_parameters"]["net"]["char_reader"]["letter_copies"] = 3
+    ckpt["lpr"]["versions"]["lpr"] = "9.0"
+    torch.save(ckpt, other)
+    with pytest.raises(
+        CheckpointError,
+        match=r"other\.ckpt: its model config does not build in lpr .* \(it was written by lpr 9\.0\): .*"
+        r"unexpected keyword argument 'letter_copies'",
+    ):
+        load(other)
+    with pytest.raises(CheckpointError, match=r"other\.ckpt: its model config does not build"):  # resuming it
+        build_module(OmegaConf.create({}), ckpt["hyper_parameters"]["classes"], str(other))
+    del ckpt["hyper_parameters"]["net"]["char_reader"]["letter_copies"]
+    ckpt["hyper_parameters"]["net"]["mask_head"]["_target_"] = "lpr.models.heads.future_mask_branch"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match=r"does not build .*: Error locating target 'lpr\.models\.heads\.future"):
         load(other)
 
 
