@@ -16,7 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 import lpr
-from lpr.config_check import target_error
+from lpr.instantiation import target_error
 from lpr.models.module import MaskRCNNModule
 
 

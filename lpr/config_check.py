@@ -20,6 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lpr.data.validate import is_int, is_number
+from lpr.instantiation import target_error
 from lpr.results import check_roi
 
 
@@ -158,8 +159,7 @@ class ConfigError(ValueError):
 def instantiate_checked(cfg: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, with a constructor's refusal of its values as a :class:`ConfigError`.
 
-    Hydra wraps what a ``_target_`` raises in an ``InstantiationException`` (nested once per
-    level). A ``ValueError`` or ``TypeError`` at the bottom (a value out of range, a key the
+    A ``ValueError`` or ``TypeError`` under Hydra's wrapping (a value out of range, a key the
     target does not take) is a bad configuration: it comes back as one message naming the
     config key; anything else propagates as it was.
     """
@@ -171,16 +171,6 @@ def instantiate_checked(cfg: Any, **kwargs: Any) -> Any:
             raise
         key = re.search(r"full_key: (\S+)", str(e))
         raise ConfigError(f"{key.group(1) + ': ' if key else ''}{cause}") from e
-
-
-def target_error(e: InstantiationException) -> BaseException:
-    """What a ``_target_`` raised under Hydra's wrapping: a ``ValueError`` or ``TypeError`` where it
-    refused its values (a value out of range, a key it does not take), an ``ImportError`` where
-    the target itself could not be found."""
-    cause: BaseException = e
-    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    return cause
 
 
 _MODEL_COUNTS = (

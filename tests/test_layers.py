@@ -8,7 +8,16 @@ from pathlib import Path
 LPR = Path(__file__).resolve().parents[1] / "lpr"
 # lowest first; a module may import its own layer and those below it
 LAYERS = [
-    {"lpr.plates", "lpr.classes", "lpr.outputs", "lpr.hardware", "lpr.draw", "lpr.metrics", "lpr.data.validate"},
+    {
+        "lpr.plates",
+        "lpr.classes",
+        "lpr.outputs",
+        "lpr.hardware",
+        "lpr.draw",
+        "lpr.metrics",
+        "lpr.data.validate",
+        "lpr.instantiation",
+    },
     {"lpr.data", "lpr.results", "lpr.onnx_reader", "lpr.tracks", "lpr.zoom"},
     {"lpr.stream"},
     {"lpr.models"},
