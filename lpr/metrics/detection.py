@@ -79,6 +79,12 @@ class _PerImageMetric(Metric):
     def _record(self, pred: dict, target: dict) -> dict:
         raise NotImplementedError
 
+    def __hash__(self) -> int:
+        # torchmetrics hashes a metric's state with it, and records are dicts: mid-round, walking the
+        # module tree (parameters(), .cpu(), a weight-averaging callback) would raise TypeError. A module's
+        # hash only has to tell it from the others, which its identity does.
+        return hash((type(self).__name__, id(self)))
+
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         # Records hold Python objects (RLE strings, arrays of varying shape), so they travel
         # with all_gather_object, as torchmetrics' own MeanAveragePrecision does for masks.
