@@ -1,5 +1,6 @@
 """A real training process killed with SIGTERM mid-epoch leaves last.ckpt, and resuming ends where an
-uninterrupted run ends; a checkpoint write never leaves a truncated file in place."""
+uninterrupted run ends; Ctrl-C, in training or in a validation round, exits 130 with an interrupted
+summary; a checkpoint write never leaves a truncated file in place."""
 
 from __future__ import annotations
 
@@ -86,6 +87,24 @@ def test_ctrl_c_exits_130_with_an_interrupted_summary(tmp_path):
     summary = json.loads((out / "job_summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGINT" in summary["error"]
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ctrl_c_in_a_validation_round_exits_130(tmp_path):
+    """Mid-round the metrics hold their records; stopping must still tear the model down cleanly."""
+    out = tmp_path / "run"
+    cmd = _cmd(
+        out,
+        tmp_path / "data",
+        "trainer.limit_val_batches=null",
+        "+callbacks.ctrl_c._target_=interrupting.CtrlCInValidation",
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, preexec_fn=sigint_default)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((out / "job_summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGINT" in summary["error"]
+    assert load(out / "checkpoints" / "last.ckpt").classes
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -229,6 +229,20 @@ def test_an_image_seen_twice_counts_once(val_set):
     assert once.compute()["mAP"] == twice.compute()["mAP"] < 1.0
 
 
+def test_a_module_holding_metrics_mid_round_can_be_walked(val_set):
+    """Between update and compute the records are dicts: moving or averaging the module (``.cpu()`` at a
+    Trainer's teardown, a weight-averaging callback's ``parameters()``) must still walk its tree."""
+    preds, targets = _perfect(val_set)
+    module = torch.nn.Module()
+    module.coco, module.dv = CocoMAP(len(PLATE_CLASSES)), DVMeanAP(len(PLATE_CLASSES))
+    module.eir, module.eir_again = ExactInferenceRate(PLATE_CLASSES), ExactInferenceRate(PLATE_CLASSES)
+    for metric in (module.coco, module.dv, module.eir, module.eir_again):
+        metric.update(preds[:2], targets[:2])
+    assert len(list(module.modules())) == 5  # two metrics in the same state are still two modules
+    module.cpu()
+    assert module.eir.compute()["counts"]["gt"] == module.eir_again.compute()["counts"]["gt"] > 0
+
+
 def test_mask_dv_iou_is_dv_iou_of_the_masks_boundary_polygons():
     gt = np.zeros((40, 50), np.uint8)
     gt[5:30, 10:22] = 1

@@ -79,11 +79,14 @@ class _PerImageMetric(Metric):
     def _record(self, pred: dict, target: dict) -> dict:
         raise NotImplementedError
 
+    # Mid-round the records are dicts of host arrays, which torchmetrics can neither hash (it hashes a
+    # metric's state with it) nor move: walking or moving the module tree (parameters(), a Trainer's
+    # teardown .cpu(), a weight-averaging callback) would raise TypeError or AttributeError.
     def __hash__(self) -> int:
-        # torchmetrics hashes a metric's state with it, and records are dicts: mid-round, walking the
-        # module tree (parameters(), .cpu(), a weight-averaging callback) would raise TypeError. A module's
-        # hash only has to tell it from the others, which its identity does.
-        return hash((type(self).__name__, id(self)))
+        return hash((type(self).__name__, id(self)))  # a module's hash only has to tell it from the others
+
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = ()) -> Metric:
+        return super()._apply(fn, exclude_state=(*exclude_state, "records"))
 
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         # Records hold Python objects (RLE strings, arrays of varying shape), so they travel
