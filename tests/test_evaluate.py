@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lpr.data.synth import PLATE_CLASSES
 from lpr.data.validate import ClassMismatchError
-from lpr.evaluate import evaluate_checkpoint, evaluate_results, run
+from lpr.evaluate import evaluate_checkpoint, run
+from lpr.scoring import evaluate_results
 
 TOP_KEYS = {"mAP", "mAP_50", "segm_mAP", "segm_mAP_50", "dv_mAP", "dv_mAP_50", "dv_mAP_75", "EIR", "plate_precision"}
 

@@ -22,7 +22,7 @@ LAYERS = [
     {"lpr.stream"},
     {"lpr.models"},
     {"lpr.callbacks", "lpr.checkpoint"},
-    {"lpr.config_check", "lpr.reader", "lpr.sweep"},
+    {"lpr.config_check", "lpr.reader", "lpr.scoring", "lpr.sweep"},
     {"lpr.train", "lpr.predict", "lpr.evaluate", "lpr.export", "lpr.serve"},
 ]
 

@@ -13,11 +13,11 @@ from pycocotools.coco import COCO
 
 from lpr.data import CocoInstances
 from lpr.data.synth import PLATE_CLASSES
-from lpr.evaluate import evaluate_results
 from lpr.metrics.coco import STAT_NAMES, coco_evaluate, quiet
 from lpr.metrics.detection import CocoMAP, DVMeanAP, ExactInferenceRate
 from lpr.metrics.dv import boundary_polygon, dv_iou, dv_iou_matrix, mask_dv_iou, mask_slices, slice_boxes
 from lpr.metrics.eir import MISSES
+from lpr.scoring import evaluate_results
 
 COCO_DIR = SHARED_TESTDATA / "coco"
 needs_coco = pytest.mark.skipif(
