@@ -109,7 +109,6 @@ class CharReader(nn.Module):
         background: bool = False,
         letter_labels: Sequence[int] = (),
         letter_weight: float = 0.0,
-        standardize: bool = False,
     ) -> None:
         super().__init__()
         if not char_labels:
@@ -132,7 +131,6 @@ class CharReader(nn.Module):
         self.register_buffer("letter_place", place, persistent=False)
         self.size, self.context, self.jitter, self.background = size, context, jitter, background
         self.letter_weight = letter_weight
-        self.standardize = standardize
         # BatchNorm: with GroupNorm (or none) the loss stayed near ln 15 for 300 steps, with BatchNorm
         # it fell to 0.8 (docs/recipe.md)
         self.features = pixel_cnn(channels, nn.BatchNorm2d)
@@ -146,10 +144,6 @@ class CharReader(nn.Module):
         """Logits ``(all boxes, characters)`` for ``boxes[i]`` (xyxy) in ``images[i]`` (``(B, 3, H, W)``)."""
         squares = [square_boxes(b, self.context).to(images.dtype) for b in boxes]
         crops = roi_align(images, squares, self.size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        if self.standardize:
-            flat = crops.float().flatten(1)
-            mean, std = flat.mean(1), flat.std(1).clamp(min=1e-3)
-            crops = ((crops.float() - mean[:, None, None, None]) / std[:, None, None, None]).to(crops.dtype)
         return self.classifier(self.features(crops))
 
     def loss(
