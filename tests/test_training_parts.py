@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import CONF, READER, tiny_model, tiny_net
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from omegaconf import OmegaConf
 
 from lpr.callbacks.budget import TimeBudget
@@ -194,6 +195,18 @@ def test_bf16_mixed_training_validates_in_float32(synth_dir):
     assert seen.dtypes == {torch.float32}
     assert {"val/mAP", "val/EIR", "val/dv_mAP"} <= set(trainer.callback_metrics)
     assert all(p.dtype == torch.float32 for p in module.parameters())  # mixed precision keeps fp32 weights
+
+
+def test_lightning_weight_averaging_validates_the_average(synth_dir):
+    """Lightning's EMA callback swaps the averaged weights in for each validation round, walking the
+    module (metrics included) mid-round."""
+    dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
+    module = MaskRCNNModule(list(dm.classes), NET, {"_target_": "torch.optim.SGD", "lr": 0.01})
+    trainer = quiet_trainer(
+        max_steps=2, limit_val_batches=1, val_check_interval=2, callbacks=[EMAWeightAveraging(decay=0.5)]
+    )
+    trainer.fit(module, datamodule=dm)
+    assert {"val/mAP", "val/EIR", "val/dv_mAP"} <= set(trainer.callback_metrics)
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
