@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.6.5"
+__version__ = "0.6.6"
 __all__ = ["PlateReader", "__version__"]
 
 if TYPE_CHECKING:
