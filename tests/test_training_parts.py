@@ -197,7 +197,7 @@ def test_bf16_mixed_training_validates_in_float32(synth_dir):
     assert all(p.dtype == torch.float32 for p in module.parameters())  # mixed precision keeps fp32 weights
 
 
-def test_lightning_weight_averaging_validates_the_average(synth_dir):
+def test_training_with_lightning_weight_averaging_validates(synth_dir):
     """Lightning's EMA callback swaps the averaged weights in for each validation round, walking the
     module (metrics included) mid-round."""
     dm = CocoDataModule(str(synth_dir), batch_size=2, check_images="none")
